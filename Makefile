@@ -1,0 +1,46 @@
+# The README's two commands on a fresh machine: `make demo` and `make test`.
+# Both create .venv and install the project (with its dev extras, pinned by
+# constraints.txt) on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+export PETSEG_SHARED_DIR ?= $(SHARED)
+export PETSEG_OXFORD_SAMPLE ?= $(SHARED)/data/oxford-pets-sample
+export PETSEG_ENCODER_WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: install test demo lint bench accuracy clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -rs tests
+
+demo: $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m petseg.demo --workdir runs/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --out benchmarks/results
+
+accuracy: $(STAMP)
+	$(BIN)/python train.py --data-dir $(PETSEG_OXFORD_SAMPLE) \
+	  --encoder-weights $(PETSEG_ENCODER_WEIGHTS) --workdir runs/accuracy \
+	  --image-size 224 --epochs 25 --fine-tune-epochs 25 --batch-size 16
+	$(BIN)/python train.py evaluate --model runs/accuracy/export \
+	  --data-dir $(PETSEG_OXFORD_SAMPLE) --split test
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,197 @@
+"""The export contract: SavedModel + ``model.keras`` + ``petseg.json`` (ARCHITECTURE.md 2-3).
+
+``serving_default`` takes uint8 ``images [N, S, S, 3]`` (already resized to
+S) and returns float32 ``probabilities [N, S, S, C]`` and uint8 ``mask
+[N, S, S]``. Beam workers load it with ``tf.saved_model.load``; they never
+touch Keras.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+import petseg
+
+METADATA_FILE = "petseg.json"
+KERAS_FILE = "model.keras"
+FORMAT_VERSION = 1
+SIGNATURE = "serving_default"
+
+
+class ExportError(ValueError):
+    """An export directory that does not hold a usable petseg model."""
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages a model's behaviour depends on."""
+    import apache_beam
+    import numpy
+    import PIL
+
+    return {
+        "petseg": petseg.__version__,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "apache_beam": apache_beam.__version__,
+        "numpy": numpy.__version__,
+        "pillow": PIL.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def serving_function(model: keras.Model, image_size: int) -> tf.types.experimental.PolymorphicFunction:
+    """The ``serving_default`` function of the contract, wrapping ``model``."""
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]
+    )
+    def serve(images):
+        logits = model(tf.cast(images, tf.float32), training=False)
+        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        mask = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
+        return {"probabilities": probabilities, "mask": mask}
+
+    return serve
+
+
+def export_model(model: keras.Model, export_dir: str, metadata: dict[str, Any]) -> str:
+    """Writes the SavedModel, ``model.keras`` and ``petseg.json`` to ``export_dir``.
+
+    The export is assembled in a sibling temporary folder and renamed into
+    place, so ``export_dir`` is either the previous export or the new one,
+    never a half-written mix.
+
+    Args:
+      model: a U-Net from :func:`petseg.model.build_unet`.
+      export_dir: destination folder (replaced if it exists).
+      metadata: extra ``petseg.json`` fields (class names, config, metrics...).
+
+    Returns:
+      ``export_dir``.
+    """
+    image_size = int(model.input_shape[1])
+    num_classes = int(model.output_shape[-1])
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(SIGNATURE, serving_function(model, image_size))
+        archive.write_out(staging, verbose=False)
+        model.save(os.path.join(staging, KERAS_FILE))
+        document = {
+            "format_version": FORMAT_VERSION,
+            "image_size": image_size,
+            "num_classes": num_classes,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+            **metadata,
+        }
+        with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as file:
+            json.dump(document, file, indent=2, sort_keys=True)
+        if os.path.exists(export_dir):
+            shutil.rmtree(export_dir)
+        os.replace(staging, export_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return export_dir
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a consumer needs to know about an export, read from ``petseg.json``."""
+
+    export_dir: str
+    image_size: int
+    class_names: tuple[str, ...]
+    model_id: str
+    metadata: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def read_model_info(export_dir: str) -> ModelInfo:
+    """Reads and checks ``petseg.json``; works on local paths and Beam filesystems.
+
+    Raises:
+      ExportError: missing or malformed metadata.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    path = FileSystems.join(export_dir, METADATA_FILE)
+    if not FileSystems.exists(export_dir):
+        raise ExportError(f"model directory not found: {export_dir}")
+    if not FileSystems.exists(FileSystems.join(export_dir, "saved_model.pb")):
+        raise ExportError(f"{export_dir} is not a SavedModel (no saved_model.pb)")
+    if not FileSystems.exists(path):
+        raise ExportError(f"{export_dir} has no {METADATA_FILE}; export it with train.py")
+    try:
+        with FileSystems.open(path) as file:
+            document = json.loads(file.read().decode("utf-8"))
+        image_size = int(document["image_size"])
+        class_names = tuple(str(name) for name in document["class_names"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise ExportError(f"{path} is malformed: {type(error).__name__}: {error}") from None
+    if int(document.get("format_version", 0)) > FORMAT_VERSION:
+        raise ExportError(
+            f"{path} has format_version {document['format_version']}, newer than this "
+            f"petseg ({FORMAT_VERSION}); upgrade petseg"
+        )
+    model_id = str(document.get("model_id") or f"{os.path.basename(export_dir.rstrip('/'))}")
+    return ModelInfo(export_dir, image_size, class_names, model_id, document)
+
+
+def load_serving_model(export_dir: str) -> tuple[Any, ModelInfo]:
+    """Loads the SavedModel's serving function and checks it against ``petseg.json``.
+
+    Returns:
+      ``(serving_function, model_info)``; call the function with
+      ``images=<uint8 tensor>``.
+
+    Raises:
+      ExportError: the export is unusable or disagrees with its metadata.
+    """
+    info = read_model_info(export_dir)
+    try:
+        loaded = tf.saved_model.load(export_dir)
+    except Exception as error:
+        raise ExportError(f"cannot load SavedModel {export_dir}: {error}") from None
+    if SIGNATURE not in loaded.signatures:
+        raise ExportError(f"{export_dir} has no {SIGNATURE!r} signature")
+    function = loaded.signatures[SIGNATURE]
+    spec = function.structured_input_signature[1].get("images")
+    outputs = function.structured_outputs
+    if spec is None or spec.dtype != tf.uint8 or {"probabilities", "mask"} - set(outputs):
+        raise ExportError(
+            f"{export_dir}: serving_default must take uint8 'images' and return "
+            "'probabilities' and 'mask'"
+        )
+    model_size = tuple(spec.shape[1:3])
+    if model_size != (info.image_size, info.image_size):
+        raise ExportError(
+            f"{export_dir}: the SavedModel takes {model_size[0]}x{model_size[1]} images but "
+            f"petseg.json says {info.image_size}"
+        )
+    model_classes = outputs["probabilities"].shape[-1]
+    if model_classes != info.num_classes:
+        raise ExportError(
+            f"{export_dir}: the SavedModel outputs {model_classes} classes but petseg.json "
+            f"names {info.num_classes}"
+        )
+    # Keep the loaded object alive as long as the function is used.
+    function._petseg_loaded = loaded
+    return function, info

@@ -1,0 +1,43 @@
+"""petseg: train a pet segmentation U-Net on many GPUs, segment image buckets on Beam.
+
+This file is the one package definition. Beam ships it to workers with
+``--setup_file ./setup.py``; ``constraints.txt`` pins the exact versions the
+project is tested with, so the submitting machine and the workers agree.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="petseg",
+    version="0.1.0",
+    description="Batch image segmentation: MobileNetV2 U-Net training and Apache Beam inference.",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["petseg", "petseg.*", "beam_jobs", "beam_jobs.*"]),
+    py_modules=["train"],
+    install_requires=[
+        # Keras 3 ships with these TensorFlow releases; the model code assumes Keras 3.
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.0,<4",
+        "apache-beam>=2.60,<3",
+        "tensorflow-datasets>=4.9,<5",
+        # Beam caps Pillow below 13.
+        "pillow>=10,<13",
+        "numpy>=1.26,<3",
+        # Training pictures (prediction panels, curves, confusion matrix) and the report charts.
+        "matplotlib>=3.8,<4",
+        # Progress bars for work outside Keras and Beam.
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "dev": ["pytest>=8,<10", "ruff>=0.6", "hypothesis>=6.100,<7"],
+        "gcp": ["apache-beam[gcp]>=2.60,<3"],
+    },
+    entry_points={
+        "console_scripts": [
+            "petseg-train=train:main",
+            "petseg-evaluate=petseg.evaluate:main",
+            "petseg-segment=beam_jobs.segment:main",
+            "petseg=petseg.cli:main",
+        ],
+    },
+)
