@@ -49,7 +49,9 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def serving_function(model: keras.Model, image_size: int) -> tf.types.experimental.PolymorphicFunction:
+def serving_function(
+    model: keras.Model, image_size: int
+) -> tf.types.experimental.PolymorphicFunction:
     """The ``serving_default`` function of the contract, wrapping ``model``."""
 
     @tf.function(
@@ -94,7 +96,7 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict[str, Any]) 
             "format_version": FORMAT_VERSION,
             "image_size": image_size,
             "num_classes": num_classes,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
             **metadata,
         }

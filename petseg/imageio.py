@@ -37,7 +37,9 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     except Image.DecompressionBombError as error:
         raise ImageDecodeError(f"decompression bomb refused: {error}") from None
     except Exception as error:  # Pillow raises many types for hostile headers.
-        raise ImageDecodeError(f"unreadable image header: {type(error).__name__}: {error}") from None
+        raise ImageDecodeError(
+            f"unreadable image header: {type(error).__name__}: {error}"
+        ) from None
     width, height = image.size
     if width < 1 or height < 1:
         raise ImageDecodeError(f"image has no pixels ({width}x{height})")

@@ -143,7 +143,9 @@ def build_unet(
     # it is unfrozen for fine-tuning, so a small batch cannot wreck its statistics.
     skips = encoder(x, training=False)
     x = skips[-1]
-    for index, (filters, skip) in enumerate(zip(DECODER_FILTERS, reversed(skips[:-1]))):
+    for index, (filters, skip) in enumerate(
+        zip(DECODER_FILTERS, reversed(skips[:-1]), strict=True)
+    ):
         x = upsample_block(x, filters, 3, dropout, name=f"decoder_block_{index + 1}")
         x = keras.layers.Concatenate(name=f"decoder_skip_{index + 1}")([x, skip])
     # Logits stay float32 under mixed precision: softmax and loss need the range.

@@ -1,0 +1,33 @@
+"""Data sources and input pipelines.
+
+Every source yields the same ``tf.data`` element: ``(image uint8 [S, S, 3],
+mask uint8 [S, S, 1])`` with class index = Oxford trimap value - 1
+(0 pet, 1 background, 2 border).
+"""
+
+from petseg.data.files import DataSourceError, LabelledFile, files_dataset
+from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_dataset, oxford_examples
+from petseg.data.paired import PairingReport, pair_folders, paired_dataset, parse_value_map
+from petseg.data.pipeline import AugmentConfig, augment_pair, eval_batches, train_batches
+from petseg.data.synthetic import synthetic_dataset, synthetic_example
+from petseg.data.tfds_source import tfds_dataset
+
+__all__ = [
+    "TRIMAP_TO_CLASS",
+    "AugmentConfig",
+    "DataSourceError",
+    "LabelledFile",
+    "PairingReport",
+    "augment_pair",
+    "eval_batches",
+    "files_dataset",
+    "oxford_dataset",
+    "oxford_examples",
+    "pair_folders",
+    "paired_dataset",
+    "parse_value_map",
+    "synthetic_dataset",
+    "synthetic_example",
+    "tfds_dataset",
+    "train_batches",
+]
