@@ -20,6 +20,8 @@ setup(
         "keras>=3.0,<4",
         "apache-beam>=2.60,<3",
         "tensorflow-datasets>=4.9,<5",
+        # TFDS's downloader imports it, but does not declare it.
+        "importlib_resources>=6",
         # Beam caps Pillow below 13.
         "pillow>=10,<13",
         "numpy>=1.26,<3",

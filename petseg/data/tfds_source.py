@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import sys
+import urllib.parse
+
 import numpy as np
 import tensorflow as tf
 
@@ -21,6 +25,22 @@ def _resize(image: np.ndarray, mask: np.ndarray, image_size: int):
     return resize_image(image, image_size), resize_mask(mask[:, :, 0], image_size)[:, :, None]
 
 
+def _check_reachable(builder) -> None:
+    """Fails in seconds, not after TFDS's minutes of retries, when the host cannot be reached."""
+    module = sys.modules.get(type(builder).__module__)
+    url = getattr(module, "_BASE_URL", None)
+    host = urllib.parse.urlparse(url).hostname if url else None
+    if not host:
+        return
+    try:
+        socket.create_connection((host, 443), timeout=10).close()
+    except OSError as error:
+        raise DataSourceError(
+            f"could not download TFDS {TFDS_NAME}: {host} is unreachable ({error}); offline, "
+            + OFFLINE_HINT
+        ) from None
+
+
 def tfds_dataset(split: str, image_size: int, data_dir: str | None = None) -> tf.data.Dataset:
     """The common ``(image, mask)`` dataset from TFDS, downloading it on first use.
 
@@ -35,6 +55,8 @@ def tfds_dataset(split: str, image_size: int, data_dir: str | None = None) -> tf
     import tensorflow_datasets as tfds
 
     builder = tfds.builder(TFDS_NAME, data_dir=data_dir)
+    if not builder.is_prepared():
+        _check_reachable(builder)
     try:
         builder.download_and_prepare()
     except Exception as error:

@@ -1,0 +1,37 @@
+"""Shared test set-up: quiet TensorFlow and the locations of the shared real data."""
+
+import os
+import pathlib
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+_SHARED = REPO_ROOT.parent / "shared"
+# `.ci/run` and the Makefile export these; a bare `pytest` falls back to ../shared.
+os.environ.setdefault("PETSEG_OXFORD_SAMPLE", str(_SHARED / "data" / "oxford-pets-sample"))
+os.environ.setdefault(
+    "PETSEG_ENCODER_WEIGHTS",
+    str(_SHARED / "weights" / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"),
+)
+
+
+@pytest.fixture(scope="session")
+def oxford_sample() -> pathlib.Path:
+    """The 451-image Oxford-IIIT Pet sample, or a skip saying why it is absent."""
+    path = pathlib.Path(os.environ["PETSEG_OXFORD_SAMPLE"])
+    if not (path / "images").is_dir():
+        pytest.skip(f"PETSEG_OXFORD_SAMPLE={path} has no images/: the real-photo sample is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def encoder_weights() -> pathlib.Path:
+    """The MobileNetV2 ImageNet .h5 weights, or a skip saying why they are absent."""
+    path = pathlib.Path(os.environ["PETSEG_ENCODER_WEIGHTS"])
+    if not path.is_file():
+        pytest.skip(
+            f"PETSEG_ENCODER_WEIGHTS={path} does not exist: the ImageNet weights are absent"
+        )
+    return path
