@@ -1,0 +1,266 @@
+"""Segments every image below one or more inputs with a petseg model, on any Beam runner.
+
+Writes one mask per image, per-image statistics, an error record for each
+input that could not be segmented, and a summary that accounts for every
+file matched (see docs/segment.md for the layout).
+
+Locally, in this process (DirectRunner)::
+
+  python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/
+
+Locally on every core::
+
+  python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/ \\
+      --direct_running_mode multi_processing --direct_num_workers 4
+
+Against a portable job service (the Job API that Flink's job server speaks)::
+
+  python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/ \\
+      --runner PortableRunner --job_endpoint localhost:8099 \\
+      --environment_type EXTERNAL --environment_config localhost:50000
+
+On Dataflow (add ``--sdk_container_image`` built from the Dockerfile to skip
+installing on every worker, ``--dataflow_service_options
+"worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"`` for GPUs)::
+
+  python -m beam_jobs.segment --input gs://BUCKET/photos/ --model gs://BUCKET/export \\
+      --output gs://BUCKET/masks-run1 --runner DataflowRunner --project PROJECT \\
+      --region REGION --temp_location gs://BUCKET/tmp --setup_file ./setup.py
+
+On Flink (SDK workers from the Dockerfile's image)::
+
+  python -m beam_jobs.segment --input gs://BUCKET/photos/ --model gs://BUCKET/export \\
+      --output gs://BUCKET/out --runner FlinkRunner --flink_master HOST:8081 \\
+      --environment_type DOCKER --environment_config petseg-beam-worker:latest
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+
+from petseg.beam.decode import DEFAULT_MAX_FILE_BYTES, DecodeImages
+from petseg.beam.inference import InferProbabilities, SavedModelHandler
+from petseg.beam.io import DEFAULT_EXTENSIONS, MASKS_DIR, AssignMaskPaths, MatchImages, join_path
+from petseg.beam.job import SegmentConfigError, SegmentJob, prepare_job
+from petseg.beam.postprocess import PostprocessMasks
+from petseg.beam.progress import DEFAULT_INTERVAL_S, ProgressReporter
+from petseg.beam.records import error_line
+from petseg.beam.stats import ComputeImageStatsFn, SummarizeRun, stats_line
+from petseg.beam.write import WriteJsonLines, WriteMasks, read_json, write_json, write_summary
+from petseg.imageio import DEFAULT_MAX_PIXELS
+
+PROG = "petseg-segment"
+SUMMARY_FILE = "summary.json"
+STATS_DIR = "stats"
+ERRORS_DIR = "errors"
+# JSON Lines shards hold about this many records each.
+RECORDS_PER_SHARD = 100_000
+DIRECT_RUNNERS = (
+    None,
+    "DirectRunner",
+    "direct",
+    "SwitchingDirectRunner",
+    "BundleBasedDirectRunner",
+)
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Flag errors become :class:`SegmentConfigError`, which ``main`` prints on one line."""
+
+    def error(self, message: str):
+        raise SegmentConfigError(message)
+
+
+def parse_known_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """Parses the job's own flags; returns them and every other flag, for Beam."""
+    parser = _OneLineParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        help="a folder (all images below it), a file or a glob pattern; repeatable",
+    )
+    parser.add_argument("--model", required=True, help="export folder written by train.py")
+    parser.add_argument("--output", required=True, help="output folder OUT (local or a URL)")
+    parser.add_argument(
+        "--extensions",
+        default=",".join(DEFAULT_EXTENSIONS),
+        help="comma-separated file extensions to segment (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--min-batch-size",
+        type=int,
+        default=None,
+        help="smallest inference batch (default: the --max-batch-size, since every batch is "
+        "padded to it)",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=32, help="inference batch size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images declaring more pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-file-bytes",
+        type=int,
+        default=DEFAULT_MAX_FILE_BYTES,
+        help="refuse files larger than this (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--overlays", action="store_true", help="also write colour overlays under OUT/overlays/"
+    )
+    parser.add_argument(
+        "--progress-interval",
+        type=float,
+        default=DEFAULT_INTERVAL_S,
+        help="seconds between progress lines on the DirectRunner; 0 turns them off",
+    )
+    return parser.parse_known_args(argv)
+
+
+def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
+    """Adds the segmentation job's steps to ``pipeline``."""
+    handler = SavedModelHandler(
+        job.model.export_dir, min_batch_size=job.min_batch_size, max_batch_size=job.max_batch_size
+    )
+    sources = pipeline | "MatchImages" >> MatchImages(job.inputs, job.extensions)
+    assigned, path_errors = sources | "AssignMaskPaths" >> AssignMaskPaths()
+    model_inputs, decode_errors = (
+        assigned
+        | "ReshuffleImages" >> beam.Reshuffle()
+        | "DecodeImages"
+        >> DecodeImages(
+            job.model.image_size, job.max_pixels, job.max_file_bytes, keep_original=job.overlays
+        )
+    )
+    predictions, inference_errors = model_inputs | "RunInference" >> InferProbabilities(handler)
+    segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks()
+    written, write_errors = segmentations | "WriteMasks" >> WriteMasks(job.output, job.overlays)
+    records = written | "ComputeImageStats" >> beam.ParDo(
+        ComputeImageStatsFn(job.model.class_names, job.model.model_id)
+    )
+    errors = (
+        path_errors,
+        decode_errors,
+        inference_errors,
+        postprocess_errors,
+        write_errors,
+    ) | "FlattenErrors" >> beam.Flatten()
+
+    _ = (
+        records
+        | "FormatStats" >> beam.Map(stats_line)
+        | "WriteStats" >> WriteJsonLines(join_path(job.output, STATS_DIR), "stats", job.num_shards)
+    )
+    _ = (
+        errors
+        | "FormatErrors" >> beam.Map(error_line)
+        | "WriteErrors"
+        >> WriteJsonLines(join_path(job.output, ERRORS_DIR), "errors", job.num_shards)
+    )
+    summary_path = join_path(job.output, SUMMARY_FILE)
+    _ = (
+        (sources, records, errors)
+        | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
+        | "WriteSummary" >> beam.Map(write_summary, summary_path)
+    )
+
+
+def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
+    """Runs the segmentation job and returns its summary (as written to ``OUT/summary.json``).
+
+    Args:
+      argv: the job's flags and any Beam flags; ``None`` reads ``sys.argv``.
+      save_main_session: Beam's option; the job's code lives in ``petseg``, so
+        workers import it and this can stay off.
+
+    Raises:
+      SegmentConfigError: a flag, the model, an input or the output is
+        unusable; nothing has run.
+      RuntimeError: the pipeline did not finish.
+    """
+    known_args, pipeline_args = parse_known_args(argv)
+    job = prepare_job(
+        inputs=known_args.input,
+        model_dir=known_args.model,
+        output=known_args.output,
+        extensions=known_args.extensions,
+        min_batch_size=(
+            known_args.max_batch_size
+            if known_args.min_batch_size is None
+            else known_args.min_batch_size
+        ),
+        max_batch_size=known_args.max_batch_size,
+        max_pixels=known_args.max_pixels,
+        max_file_bytes=known_args.max_file_bytes,
+        overlays=known_args.overlays,
+    )
+    job.num_shards = max(1, math.ceil(job.matched / RECORDS_PER_SHARD))
+    options = PipelineOptions(pipeline_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    runner = options.view_as(StandardOptions).runner
+
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, job)
+    started = time.monotonic()
+    if runner in DIRECT_RUNNERS and known_args.progress_interval > 0:
+        with ProgressReporter(
+            join_path(job.output, MASKS_DIR), job.matched, known_args.progress_interval
+        ):
+            state = pipeline.run().wait_until_finish()
+    else:
+        state = pipeline.run().wait_until_finish()
+    wall_time_s = time.monotonic() - started
+    if state not in (None, beam.runners.runner.PipelineState.DONE):
+        raise RuntimeError(f"the pipeline ended in state {state}")
+
+    # Timing lives only in summary.json: statistics and masks stay byte-identical on reruns.
+    summary_path = join_path(job.output, SUMMARY_FILE)
+    summary = read_json(summary_path)
+    summary["inputs"] = [spec.pattern for spec in job.inputs]
+    summary["wall_time_s"] = round(wall_time_s, 3)
+    summary["images_per_second"] = (
+        round(summary["matched"] / wall_time_s, 3) if wall_time_s else 0.0
+    )
+    write_json(summary_path, summary)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``petseg-segment`` console script: 0 done, 1 not reconciled, 2 bad configuration."""
+    logging.getLogger().setLevel(logging.WARNING)
+    try:
+        summary = run(argv)
+    except SegmentConfigError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    reconciliation = summary["reconciliation"]
+    print(
+        f"{PROG}: {summary['matched']} matched, {summary['masks_written']} masks written, "
+        f"{summary['failed']} failed in {summary['wall_time_s']:.1f}s "
+        f"({summary['images_per_second']:.1f} images/s)",
+        file=sys.stderr,
+    )
+    if not reconciliation["ok"]:
+        print(
+            f"{PROG}: error: files do not reconcile: {reconciliation['rule']} is off by "
+            f"{reconciliation['difference']}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

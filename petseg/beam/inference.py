@@ -1,0 +1,163 @@
+"""RunInference on the exported SavedModel (ARCHITECTURE.md, contract 2).
+
+Beam's stock ``TFModelHandlerTensor`` loads models with
+``tf.keras.models.load_model``, which Keras 3 cannot use on a SavedModel, so
+the project brings its own :class:`SavedModelHandler`. It loads the
+``serving_default`` signature with ``tf.saved_model.load`` (through
+:func:`petseg.export.load_serving_model`); RunInference keeps one loaded
+model per worker process in Beam's shared handle, and every thread of that
+process uses it (a concrete function is safe to call from many threads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
+
+from petseg.beam.records import ErrorRecord, ImageKey
+
+METRICS_NAMESPACE = "petseg_inference"
+
+
+class ServingModel:
+    """A loaded ``serving_default`` function and its metadata.
+
+    A class rather than a tuple because Beam's shared handle keeps a weak
+    reference to whatever ``load_model`` returns.
+    """
+
+    def __init__(self, function: Any, model_id: str, image_size: int):
+        self.function = function
+        self.model_id = model_id
+        self.image_size = image_size
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """``uint8 [N, S, S, 3]`` -> ``float32 [N, S, S, C]``."""
+        import tensorflow as tf
+
+        outputs = self.function(images=tf.constant(images, dtype=tf.uint8))
+        return outputs["probabilities"].numpy()
+
+
+class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]):
+    """Runs a petseg SavedModel on batches of ``uint8 [S, S, 3]`` images.
+
+    Each prediction is a :class:`PredictionResult` whose ``inference`` is the
+    image's ``float32 [S, S, C]`` class probabilities and whose ``model_id``
+    is the model's id from ``petseg.json``.
+
+    Every batch runs at one fixed shape, padded with blank images when
+    short: oneDNN and cuDNN pick different kernels for different batch sizes,
+    which changes the last bits of the probabilities, and on a near tie that
+    flips a pixel's class. At a fixed shape an image's mask does not depend on
+    which images shared its batch, so every runner and every rerun writes the
+    same bytes.
+
+    Args:
+      export_dir: the export folder (local or any filesystem TensorFlow reads).
+      min_batch_size: smallest batch ``BatchElements`` forms.
+      max_batch_size: largest batch ``BatchElements`` forms.
+      fixed_batch_size: the shape every batch is run at (padded or split);
+        defaults to ``max_batch_size``; ``None`` with no ``max_batch_size``
+        runs batches as they come.
+    """
+
+    def __init__(
+        self,
+        export_dir: str,
+        *,
+        min_batch_size: int | None = None,
+        max_batch_size: int | None = None,
+        fixed_batch_size: int | None = None,
+    ):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._export_dir = export_dir
+        self._fixed_batch_size = fixed_batch_size or max_batch_size
+
+    def load_model(self) -> ServingModel:
+        """Loads the SavedModel once per worker process (RunInference's shared handle)."""
+        from petseg.export import load_serving_model
+
+        function, info = load_serving_model(self._export_dir)
+        return ServingModel(function, info.model_id, info.image_size)
+
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: ServingModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Stacks the batch, runs the model at the fixed shape, and splits the answer per image."""
+        images = np.stack(batch)
+        probabilities = np.concatenate(
+            [model.probabilities(chunk)[:count] for chunk, count in self._chunks(images)]
+        )
+        return [
+            PredictionResult(example, probability, model.model_id)
+            for example, probability in zip(batch, probabilities, strict=True)
+        ]
+
+    def _chunks(self, images: np.ndarray) -> Iterator[tuple[np.ndarray, int]]:
+        size = self._fixed_batch_size or len(images)
+        for start in range(0, len(images), size):
+            chunk = images[start : start + size]
+            count = len(chunk)
+            if count < size:
+                padding = np.zeros((size - count, *chunk.shape[1:]), dtype=chunk.dtype)
+                chunk = np.concatenate([chunk, padding])
+            yield chunk, count
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(example.nbytes for example in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return METRICS_NAMESPACE
+
+    def batch_elements_kwargs(self) -> Mapping[str, Any]:
+        return dict(self._batching_kwargs)
+
+
+def _inference_errors(
+    failure: tuple[Sequence[tuple[ImageKey, Any]], tuple],
+) -> Iterator[ErrorRecord]:
+    # RunInference's dead letter holds a whole failed batch: every image in it failed.
+    batch, (error_type, error_repr, _) = failure
+    for key, _example in batch:
+        yield ErrorRecord(key.source.path, "infer", error_type.__name__, error_repr)
+
+
+class InferProbabilities(beam.PTransform):
+    """``(ImageKey, uint8 [S, S, 3])`` -> ``(ImageKey, PredictionResult)`` via RunInference.
+
+    Wraps any unkeyed handler of image arrays in Beam's ``KeyedModelHandler``
+    so each result keeps its key, and turns failed batches into errors.
+
+    Args:
+      model_handler: an unkeyed handler, e.g. :class:`SavedModelHandler`.
+
+    Returns a pair ``(keyed predictions, errors)``.
+    """
+
+    def __init__(self, model_handler: ModelHandler):
+        super().__init__()
+        self._model_handler = model_handler
+
+    def expand(self, inputs):
+        predictions, failures = (
+            inputs
+            | "RunInference"
+            >> RunInference(KeyedModelHandler(self._model_handler)).with_exception_handling()
+        )
+        errors = failures.failed_inferences | "ReportFailedBatches" >> beam.FlatMap(
+            _inference_errors
+        )
+        return predictions, errors

@@ -1,0 +1,213 @@
+"""The segmentation job's configuration, checked before any pipeline starts.
+
+Everything that can be known to be wrong on the submitting machine is
+refused here with one clear sentence: flags out of range, a model folder
+that is not a petseg export, inputs that match nothing, an output that
+cannot be written or that overlaps an input. A fleet of workers is never
+started to discover a typo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from apache_beam.io.filesystems import FileSystems
+
+from petseg.beam.io import (
+    InputSpec,
+    has_extension,
+    is_remote,
+    join_path,
+    normalise_location,
+    resolve_input,
+)
+
+if TYPE_CHECKING:
+    from petseg.export import ModelInfo
+
+WRITE_CHECK_FILE = ".petseg-write-check"
+
+
+class SegmentConfigError(ValueError):
+    """A configuration the job refuses to start with; the message says what to fix."""
+
+
+@dataclass
+class SegmentJob:
+    """A checked configuration of the segmentation job.
+
+    Attributes:
+      inputs: resolved inputs (pattern and root each).
+      model: the model's metadata (``petseg.export.ModelInfo``).
+      output: normalised output folder OUT.
+      extensions: extensions segmented, lower case, no dots.
+      matched: distinct files the inputs matched when the job was checked.
+      min_batch_size, max_batch_size: inference batching bounds.
+      max_pixels: decode limit.
+      max_file_bytes: read limit.
+      overlays: whether overlays are written.
+      num_shards: JSON Lines shards of stats and errors.
+    """
+
+    inputs: list[InputSpec]
+    model: ModelInfo
+    output: str
+    extensions: tuple[str, ...]
+    matched: int
+    min_batch_size: int = 1
+    max_batch_size: int = 32
+    max_pixels: int = 64_000_000
+    max_file_bytes: int = 256 * 1024 * 1024
+    overlays: bool = False
+    num_shards: int = 1
+
+
+def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
+    """``"jpg, .PNG"`` -> ``("jpg", "png")``.
+
+    Raises:
+      SegmentConfigError: no extension given.
+    """
+    items = text.split(",") if isinstance(text, str) else list(text)
+    extensions = tuple(
+        dict.fromkeys(e.strip().lstrip(".").lower() for e in items if e.strip(".").strip())
+    )
+    if not extensions:
+        raise SegmentConfigError(f"--extensions names no extension: {text!r}")
+    return extensions
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value < 1:
+        raise SegmentConfigError(f"{name} must be at least 1, got {value}")
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = path.rstrip("/"), folder.rstrip("/")
+    return path == folder or path.startswith(folder + "/")
+
+
+def _real(location: str) -> str:
+    return location if is_remote(location) else os.path.realpath(location)
+
+
+def count_matches(inputs: Sequence[InputSpec], extensions: Sequence[str]) -> int:
+    """Distinct files the inputs match, refusing an input that matches none.
+
+    Raises:
+      SegmentConfigError: an input matches no file with one of ``extensions``,
+        or its filesystem cannot be listed.
+    """
+    paths: set[str] = set()
+    for spec in inputs:
+        try:
+            listed = FileSystems.match([spec.pattern])[0].metadata_list
+        except Exception as error:
+            raise SegmentConfigError(f"cannot list input {spec.pattern}: {error}") from None
+        found = {entry.path for entry in listed if has_extension(entry.path, extensions)}
+        if not found:
+            raise SegmentConfigError(
+                f"input {spec.pattern} matches no image files (extensions: {','.join(extensions)})"
+            )
+        paths |= found
+    return len(paths)
+
+
+def check_output(output: str, inputs: Sequence[InputSpec]) -> None:
+    """Refuses an output that overlaps an input or cannot be written.
+
+    Raises:
+      SegmentConfigError: OUT is an input's root or inside it (its masks would
+        become inputs of the next run), an input lies inside OUT, or a probe
+        file cannot be written there.
+    """
+    real_output = _real(output)
+    for spec in inputs:
+        real_root = _real(spec.root)
+        if _inside(real_output, real_root):
+            raise SegmentConfigError(
+                f"--output {output} is inside the input folder {spec.root}; choose a folder "
+                "outside every input"
+            )
+        if _inside(real_root, real_output):
+            raise SegmentConfigError(
+                f"input folder {spec.root} is inside --output {output}; choose a separate output"
+            )
+    if not is_remote(output) and os.path.exists(output) and not os.path.isdir(output):
+        raise SegmentConfigError(f"--output {output} exists and is not a folder")
+    probe = join_path(output, WRITE_CHECK_FILE)
+    try:
+        with FileSystems.create(probe) as file:
+            file.write(b"")
+        FileSystems.delete([probe])
+    except Exception as error:
+        raise SegmentConfigError(
+            f"--output {output} is not writable: {type(error).__name__}: {error}"
+        ) from None
+
+
+def prepare_job(
+    *,
+    inputs: Sequence[str],
+    model_dir: str,
+    output: str,
+    extensions: str | Sequence[str] = "",
+    min_batch_size: int = 1,
+    max_batch_size: int = 32,
+    max_pixels: int = 64_000_000,
+    max_file_bytes: int = 256 * 1024 * 1024,
+    overlays: bool = False,
+) -> SegmentJob:
+    """Checks a configuration and resolves it into a :class:`SegmentJob`.
+
+    Cheap checks come first, so a wrong flag is reported before any listing.
+
+    Raises:
+      SegmentConfigError: the first problem found.
+    """
+    from petseg.beam.io import DEFAULT_EXTENSIONS
+    from petseg.export import ExportError, read_model_info
+
+    _check_positive("--min-batch-size", min_batch_size)
+    _check_positive("--max-batch-size", max_batch_size)
+    if min_batch_size > max_batch_size:
+        raise SegmentConfigError(
+            f"--min-batch-size {min_batch_size} is larger than --max-batch-size {max_batch_size}"
+        )
+    _check_positive("--max-pixels", max_pixels)
+    _check_positive("--max-file-bytes", max_file_bytes)
+    extension_list = parse_extensions(extensions or DEFAULT_EXTENSIONS)
+    if not inputs or any(not text.strip() for text in inputs):
+        raise SegmentConfigError("--input must name a folder, a file or a pattern")
+    if not output.strip():
+        raise SegmentConfigError("--output must name a folder")
+
+    model_location = normalise_location(model_dir)
+    try:
+        model = read_model_info(model_location)
+    except ExportError as error:
+        raise SegmentConfigError(str(error)) from None
+
+    for text in inputs:
+        if not is_remote(text) and not re.search(r"[*?\[]", text) and not os.path.exists(text):
+            raise SegmentConfigError(f"input {text} does not exist")
+    specs = [resolve_input(text) for text in inputs]
+    matched = count_matches(specs, extension_list)
+    output_location = normalise_location(output)
+    check_output(output_location, specs)
+    return SegmentJob(
+        inputs=specs,
+        model=model,
+        output=output_location,
+        extensions=extension_list,
+        matched=matched,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        max_pixels=max_pixels,
+        max_file_bytes=max_file_bytes,
+        overlays=overlays,
+    )

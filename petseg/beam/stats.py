@@ -1,0 +1,239 @@
+"""Per-image statistics (contract 5) and the dataset summary (contract 7).
+
+The summary is a ``CombineFn`` whose accumulator holds integers only:
+fractions and confidences are accumulated as fixed-point millionths of
+millionths. Integer sums do not depend on the order Beam combines in, so
+every runner, and every rerun, reports the same summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from petseg.beam.decode import NAMESPACE
+from petseg.beam.records import STAGES, Segmentation
+from petseg.classes import PET
+
+HISTOGRAM_BINS = 10
+# Fixed point for order-independent sums: 1e12 units per 1.0, exact in Python ints.
+_UNIT = 10**12
+DECIMALS = 6
+
+
+def image_stats(
+    segmentation: Segmentation, class_names: Sequence[str], model_id: str
+) -> dict[str, Any]:
+    """One image's statistics record.
+
+    Returns:
+      ``{"path", "mask_path", "width", "height", "pixels": {class: count},
+      "fractions": {class: fraction}, "mean_confidence", "model_id"}``;
+      ``mask_path`` is relative to OUT, so output folders compare and move freely.
+    """
+    key = segmentation.key
+    total = key.width * key.height
+    counts = np.bincount(segmentation.mask.ravel(), minlength=len(class_names))
+    return {
+        "path": key.source.path,
+        "mask_path": key.source.mask_path,
+        "width": key.width,
+        "height": key.height,
+        "pixels": {name: int(counts[index]) for index, name in enumerate(class_names)},
+        "fractions": {
+            name: round(int(counts[index]) / total, DECIMALS)
+            for index, name in enumerate(class_names)
+        },
+        "mean_confidence": round(segmentation.mean_confidence, DECIMALS),
+        "model_id": model_id,
+    }
+
+
+class ComputeImageStatsFn(beam.DoFn):
+    """:class:`Segmentation` -> its statistics record; counts pixels per class in metrics."""
+
+    def __init__(self, class_names: Sequence[str], model_id: str):
+        self._class_names = tuple(class_names)
+        self._model_id = model_id
+
+    def setup(self):
+        self._pixels = {
+            name: Metrics.counter(NAMESPACE, f"pixels_{name}") for name in self._class_names
+        }
+
+    def process(self, segmentation: Segmentation) -> Iterator[dict[str, Any]]:
+        record = image_stats(segmentation, self._class_names, self._model_id)
+        for name, count in record["pixels"].items():
+            self._pixels[name].inc(count)
+        yield record
+
+
+@dataclass
+class SummaryAccumulator:
+    """Integer sums over images; see the module docstring for the fixed point."""
+
+    images: int = 0
+    pixels: list[int] = field(default_factory=list)
+    fraction_units: list[int] = field(default_factory=list)
+    pet_histogram: list[int] = field(default_factory=lambda: [0] * HISTOGRAM_BINS)
+    confidence_units: int = 0
+
+
+def _units(value: float) -> int:
+    return round(value * _UNIT)
+
+
+class SummaryCombineFn(beam.CombineFn):
+    """Combines per-image statistics records into the dataset's summary.
+
+    Args:
+      class_names: the model's classes, index order.
+      model_id: the model's id, reported in the summary.
+    """
+
+    def __init__(self, class_names: Sequence[str], model_id: str):
+        self._class_names = tuple(class_names)
+        self._model_id = model_id
+
+    def create_accumulator(self) -> SummaryAccumulator:
+        size = len(self._class_names)
+        return SummaryAccumulator(pixels=[0] * size, fraction_units=[0] * size)
+
+    def add_input(
+        self, accumulator: SummaryAccumulator, record: dict[str, Any]
+    ) -> SummaryAccumulator:
+        pixels = [int(record["pixels"][name]) for name in self._class_names]
+        total = max(sum(pixels), 1)
+        accumulator.images += 1
+        for index, count in enumerate(pixels):
+            accumulator.pixels[index] += count
+            # From the exact counts, not the rounded fractions in the record.
+            accumulator.fraction_units[index] += count * _UNIT // total
+        pet_bin = min(pixels[PET] * HISTOGRAM_BINS // total, HISTOGRAM_BINS - 1)
+        accumulator.pet_histogram[pet_bin] += 1
+        accumulator.confidence_units += _units(float(record["mean_confidence"]))
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[SummaryAccumulator]) -> SummaryAccumulator:
+        merged = self.create_accumulator()
+        for accumulator in accumulators:
+            merged.images += accumulator.images
+            merged.confidence_units += accumulator.confidence_units
+            for index in range(len(self._class_names)):
+                merged.pixels[index] += accumulator.pixels[index]
+                merged.fraction_units[index] += accumulator.fraction_units[index]
+            for index in range(HISTOGRAM_BINS):
+                merged.pet_histogram[index] += accumulator.pet_histogram[index]
+        return merged
+
+    def extract_output(self, accumulator: SummaryAccumulator) -> dict[str, Any]:
+        images = accumulator.images
+        total_pixels = sum(accumulator.pixels)
+
+        def mean(units: int) -> float:
+            return round(units / _UNIT / images, DECIMALS) if images else 0.0
+
+        return {
+            "model_id": self._model_id,
+            "class_names": list(self._class_names),
+            "images": images,
+            "pixels": dict(zip(self._class_names, accumulator.pixels, strict=True)),
+            "pixel_fraction": {
+                name: round(count / total_pixels, DECIMALS) if total_pixels else 0.0
+                for name, count in zip(self._class_names, accumulator.pixels, strict=True)
+            },
+            "mean_fraction": {
+                name: mean(units)
+                for name, units in zip(self._class_names, accumulator.fraction_units, strict=True)
+            },
+            "pet_fraction_histogram": {
+                "bin_edges": [
+                    round(index / HISTOGRAM_BINS, 2) for index in range(HISTOGRAM_BINS + 1)
+                ],
+                "counts": list(accumulator.pet_histogram),
+            },
+            "mean_confidence": mean(accumulator.confidence_units),
+        }
+
+
+def reconcile(
+    image_summary: Mapping[str, Any], matched: int, failures_by_stage: Mapping[str, int]
+) -> dict[str, Any]:
+    """The full summary: image statistics plus the accounting of every matched file.
+
+    Args:
+      image_summary: :class:`SummaryCombineFn`'s output.
+      matched: distinct files matched.
+      failures_by_stage: error count per stage.
+
+    Returns:
+      The summary document; ``reconciliation.ok`` says whether
+      ``matched == masks_written + failed``.
+    """
+    failed = sum(failures_by_stage.values())
+    written = image_summary["images"]
+    by_stage = {stage: int(failures_by_stage.get(stage, 0)) for stage in STAGES}
+    by_stage.update(
+        {stage: int(n) for stage, n in failures_by_stage.items() if stage not in by_stage}
+    )
+    return {
+        **image_summary,
+        "matched": matched,
+        "masks_written": written,
+        "failed": failed,
+        "failed_by_stage": by_stage,
+        "reconciliation": {
+            "ok": matched == written + failed,
+            "rule": "matched == masks_written + failed",
+            "difference": matched - written - failed,
+        },
+    }
+
+
+def stats_line(record: dict[str, Any]) -> tuple[str, str]:
+    """``(sort key, JSON line)`` of a statistics record, for :class:`WriteJsonLines`."""
+    return record["path"], json.dumps(record, sort_keys=True)
+
+
+def _stage(error) -> str:
+    return error.stage
+
+
+class SummarizeRun(beam.PTransform):
+    """``(matched sources, statistics records, errors)`` -> the one-element summary.
+
+    Args:
+      class_names: the model's classes.
+      model_id: the model's id.
+    """
+
+    def __init__(self, class_names: Sequence[str], model_id: str):
+        super().__init__()
+        self._class_names = tuple(class_names)
+        self._model_id = model_id
+
+    def expand(self, inputs):
+        matched, records, errors = inputs
+        matched_count = matched | "CountMatched" >> beam.combiners.Count.Globally()
+        failures = (
+            errors
+            | "StageOfError" >> beam.Map(_stage)
+            | "CountFailures" >> beam.combiners.Count.PerElement()
+        )
+        return (
+            records
+            | "CombineStats"
+            >> beam.CombineGlobally(SummaryCombineFn(self._class_names, self._model_id))
+            | "Reconcile"
+            >> beam.Map(
+                reconcile,
+                matched=beam.pvalue.AsSingleton(matched_count),
+                failures_by_stage=beam.pvalue.AsDict(failures),
+            )
+        )
