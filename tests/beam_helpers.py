@@ -1,0 +1,128 @@
+"""Shared builders for the Beam job's tests: a tiny exported model and an image tree."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+from PIL import Image
+
+from tests.images import encode, gradient, jpeg, png
+
+MODEL_SIZE = 64
+MODEL_ID = "tiny-unet-test"
+LOGIT_SCALE = 300.0
+
+
+def export_tiny_model(export_dir: pathlib.Path) -> pathlib.Path:
+    """A random 64 px U-Net (alpha 0.35) with sharpened logits, exported by ``export_model``."""
+    import keras
+
+    from petseg.classes import CLASS_NAMES
+    from petseg.export import export_model
+    from petseg.model import build_unet
+
+    keras.utils.set_random_seed(7)
+    model = build_unet(MODEL_SIZE, alpha=0.35, encoder_weights=None)
+    # A random model is nearly uniform (every pixel a near tie); sharpening its
+    # logits gives argmax margins far above float noise, so mask comparisons are exact.
+    logits = model.get_layer("logits")
+    kernel, *rest = logits.get_weights()
+    logits.set_weights([kernel * LOGIT_SCALE, *rest])
+    export_model(model, str(export_dir), {"class_names": list(CLASS_NAMES), "model_id": MODEL_ID})
+    return export_dir
+
+
+# Relative path -> (width, height) the mask must have, for every good image of the tree.
+GOOD_IMAGES: dict[str, tuple[int, int]] = {
+    "cat.jpg": (96, 72),
+    "dogs/rex.png": (80, 60),
+    "dogs/gray.png": (50, 40),
+    "dogs/deep/rgba.png": (64, 48),
+    # EXIF orientation 6 (rotate 90 degrees): stored 100 x 60, shown 60 x 100.
+    "dogs/deep/rotated.jpg": (60, 100),
+    "UPPER.JPEG": (40, 30),
+}
+BAD_IMAGES: tuple[str, ...] = ("empty.jpg", "dogs/truncated.jpg", "notes/readme.jpg")
+# Not an image extension: ignored by the default --extensions, never matched.
+IGNORED_FILES: tuple[str, ...] = ("notes/readme.txt",)
+
+
+def write_image_tree(root: pathlib.Path) -> pathlib.Path:
+    """A nested folder of good images (several formats and modes) and bad files."""
+    files = {
+        "cat.jpg": jpeg(gradient(96, 72)),
+        "dogs/rex.png": png(gradient(80, 60)),
+        "dogs/gray.png": png(gradient(50, 40), mode="L"),
+        "dogs/deep/rgba.png": encode(
+            Image.fromarray(np.dstack([gradient(64, 48), np.full((48, 64), 128, np.uint8)])), "PNG"
+        ),
+        "dogs/deep/rotated.jpg": jpeg(gradient(100, 60), orientation=6),
+        "UPPER.JPEG": jpeg(255 - gradient(40, 30)),
+        "empty.jpg": b"",
+        "dogs/truncated.jpg": jpeg(gradient(90, 90))[:300],
+        "notes/readme.jpg": b"this is a text file, not a picture\n",
+        "notes/readme.txt": b"ignored\n",
+    }
+    for relative, data in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("localhost", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """Waits until ``localhost:port`` accepts connections (or the process dies)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("localhost", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on localhost:{port} after {timeout_s}s")
+
+
+def start_service(arguments: list[str], port: int, log: pathlib.Path) -> subprocess.Popen:
+    """Starts ``python -m ...`` from this venv with the venv's bin first on PATH."""
+    environment = dict(os.environ)
+    bin_dir = os.path.dirname(sys.executable)
+    environment["PATH"] = bin_dir + os.pathsep + environment.get("PATH", "")
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    environment["PYTHONPATH"] = str(repo) + os.pathsep + environment.get("PYTHONPATH", "")
+    environment.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    handle = open(log, "wb")  # The process writes to it until teardown.
+    process = subprocess.Popen(
+        [sys.executable, "-m", *arguments],
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+        env=environment,
+        cwd=repo,
+    )
+    try:
+        wait_for_port(port, process)
+    except BaseException:
+        stop_service(process)
+        raise
+    return process
+
+
+def stop_service(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=15)
