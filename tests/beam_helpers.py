@@ -47,8 +47,11 @@ GOOD_IMAGES: dict[str, tuple[int, int]] = {
     # EXIF orientation 6 (rotate 90 degrees): stored 100 x 60, shown 60 x 100.
     "dogs/deep/rotated.jpg": (60, 100),
     "UPPER.JPEG": (40, 30),
+    # Wins the mask path masks/collide/a.png over collide/a.png (the smaller path wins).
+    "collide/a.jpg": (32, 24),
 }
 BAD_IMAGES: tuple[str, ...] = ("empty.jpg", "dogs/truncated.jpg", "notes/readme.jpg")
+COLLISION_LOSERS: tuple[str, ...] = ("collide/a.png",)
 # Not an image extension: ignored by the default --extensions, never matched.
 IGNORED_FILES: tuple[str, ...] = ("notes/readme.txt",)
 
@@ -68,12 +71,32 @@ def write_image_tree(root: pathlib.Path) -> pathlib.Path:
         "dogs/truncated.jpg": jpeg(gradient(90, 90))[:300],
         "notes/readme.jpg": b"this is a text file, not a picture\n",
         "notes/readme.txt": b"ignored\n",
+        "collide/a.jpg": jpeg(gradient(32, 24)),
+        "collide/a.png": png(gradient(32, 24)),
     }
     for relative, data in files.items():
         path = root / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return root
+
+
+def shared_tiny_model(tmp_path_factory) -> pathlib.Path:
+    """One tiny export per test session, whichever module asks first."""
+    export_dir = tmp_path_factory.getbasetemp() / "beam-tiny-model"
+    if not (export_dir / "petseg.json").exists():
+        export_tiny_model(export_dir)
+    return export_dir
+
+
+def snapshot(output: pathlib.Path) -> dict[str, bytes]:
+    """Every mask, overlay, statistics and errors file below ``output``, by relative path."""
+    return {
+        str(path.relative_to(output)): path.read_bytes()
+        for folder in ("masks", "overlays", "stats", "errors")
+        for path in sorted((output / folder).rglob("*"))
+        if path.is_file()
+    }
 
 
 def free_port() -> int:

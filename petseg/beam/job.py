@@ -172,8 +172,8 @@ def prepare_job(
     from petseg.beam.io import DEFAULT_EXTENSIONS
     from petseg.export import ExportError, read_model_info
 
-    _check_positive("--min-batch-size", min_batch_size)
     _check_positive("--max-batch-size", max_batch_size)
+    _check_positive("--min-batch-size", min_batch_size)
     if min_batch_size > max_batch_size:
         raise SegmentConfigError(
             f"--min-batch-size {min_batch_size} is larger than --max-batch-size {max_batch_size}"

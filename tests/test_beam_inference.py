@@ -1,0 +1,97 @@
+"""The SavedModel ModelHandler against a real tiny export."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from petseg.beam.inference import InferProbabilities, SavedModelHandler, ServingModel
+from petseg.beam.records import ImageKey, SourceImage
+from petseg.export import ExportError
+from tests.beam_helpers import MODEL_ID, MODEL_SIZE, shared_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return str(shared_tiny_model(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(3)
+    return [rng.integers(0, 256, (MODEL_SIZE, MODEL_SIZE, 3), dtype=np.uint8) for _ in range(5)]
+
+
+def test_load_model_reads_the_export_and_its_metadata(model_dir):
+    model = SavedModelHandler(model_dir).load_model()
+    assert isinstance(model, ServingModel)
+    assert model.model_id == MODEL_ID and model.image_size == MODEL_SIZE
+
+
+def test_load_model_refuses_a_folder_without_an_export(tmp_path):
+    with pytest.raises(ExportError, match="not found"):
+        SavedModelHandler(str(tmp_path / "missing")).load_model()
+
+
+def test_run_inference_returns_probabilities_per_image(model_dir, images):
+    handler = SavedModelHandler(model_dir, max_batch_size=4)
+    results = list(handler.run_inference(images[:3], handler.load_model()))
+    assert len(results) == 3
+    for image, result in zip(images[:3], results, strict=True):
+        assert result.example is image
+        assert result.model_id == MODEL_ID
+        assert result.inference.shape == (MODEL_SIZE, MODEL_SIZE, 3)
+        assert result.inference.dtype == np.float32
+        np.testing.assert_allclose(result.inference.sum(-1), 1.0, atol=1e-5)
+
+
+def test_batches_run_at_a_fixed_shape_so_companions_do_not_matter(model_dir, images):
+    # Five images through a handler of fixed batch 4: one full batch, one padded.
+    handler = SavedModelHandler(model_dir, max_batch_size=4)
+    model = handler.load_model()
+    together = [result.inference for result in handler.run_inference(images, model)]
+    for index in (0, 4):
+        alone = next(iter(handler.run_inference([images[index]], model))).inference
+        np.testing.assert_array_equal(alone, together[index])
+
+
+def test_batch_elements_kwargs_follow_the_flags(model_dir):
+    handler = SavedModelHandler(model_dir, min_batch_size=2, max_batch_size=8)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 8}
+    assert handler.get_num_bytes([np.zeros((4, 4, 3), np.uint8)] * 2) == 96
+    assert not handler.share_model_across_processes()
+
+
+def test_run_inference_transform_with_the_real_model(model_dir, images):
+    keys = [
+        ImageKey(SourceImage(f"/in/{index}.png", f"{index}.png", 0, f"masks/{index}.png"), 10, 20)
+        for index in range(len(images))
+    ]
+    handler = SavedModelHandler(model_dir, max_batch_size=2)
+    model = handler.load_model()
+    expected = {
+        key.source.path: int(result.inference.argmax(-1).sum())
+        for key, result in zip(keys, handler.run_inference(images, model), strict=True)
+    }
+    with test_pipeline.TestPipeline() as pipeline:
+        predictions, errors = (
+            pipeline
+            | beam.Create(list(zip(keys, images, strict=True)))
+            | InferProbabilities(handler)
+        )
+        assert_that(
+            predictions
+            | beam.Map(
+                lambda element: (
+                    element[0].source.path,
+                    int(element[1].inference.argmax(-1).sum()),
+                    element[1].model_id,
+                )
+            ),
+            equal_to([(path, total, MODEL_ID) for path, total in expected.items()]),
+            label="CheckPredictions",
+        )
+        assert_that(errors, equal_to([]), label="CheckNoErrors")
