@@ -1,0 +1,1 @@
+"""Throughput and memory benchmarks (``make bench``); not tests, and never timed in CI."""

@@ -1,0 +1,115 @@
+"""What every benchmark needs: inputs generated alike, a model, medians, peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+# The median Oxford-IIIT Pet image is 500 x 375.
+OXFORD_MEDIAN_SIZE = (500, 375)
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def timed(function: Callable[[], object]) -> float:
+    """Seconds one call of ``function`` takes."""
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def write_jpegs(folder: str, count: int, size: tuple[int, int] = OXFORD_MEDIAN_SIZE) -> list[str]:
+    """``count`` photo-like JPEGs (smooth shapes plus grain), deterministic, in ``folder``."""
+    from petseg.data import synthetic_example
+
+    os.makedirs(folder, exist_ok=True)
+    width, height = size
+    paths = []
+    for index in range(count):
+        path = os.path.join(folder, f"photo_{index:06d}.jpg")
+        paths.append(path)
+        if os.path.exists(path):
+            continue
+        image, _ = synthetic_example(index, 256, seed=11)
+        photo = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+        grain = np.random.default_rng(index).normal(0, 6, (height, width, 3))
+        pixels = np.clip(np.asarray(photo, np.float32) + grain, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path, quality=90)
+    return paths
+
+
+def export_bench_model(export_dir: str, image_size: int, alpha: float) -> str:
+    """A randomly initialised U-Net of the asked size, exported as train.py would."""
+    from petseg.classes import CLASS_NAMES
+    from petseg.export import export_model
+    from petseg.model import build_unet
+
+    if os.path.exists(os.path.join(export_dir, "petseg.json")):
+        return export_dir
+    model = build_unet(image_size, alpha=alpha, encoder_weights=None)
+    export_model(
+        model,
+        export_dir,
+        {"class_names": list(CLASS_NAMES), "model_id": f"bench-{image_size}-{alpha}"},
+    )
+    return export_dir
+
+
+def peak_rss_mib(argv: list[str]) -> tuple[float, float]:
+    """Runs ``argv`` in a fresh child and returns ``(peak resident MiB, seconds)``.
+
+    The child is a small wrapper that waits for the command and reports the
+    largest resident set among its own children, so each measurement starts
+    from a clean slate.
+    """
+    wrapper = (
+        "import resource, subprocess, sys; "
+        "code = subprocess.call(sys.argv[1:]); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+    )
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=False
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr[-2000:]}")
+    kib = int(result.stdout.strip().splitlines()[-1])
+    return kib / 1024.0, seconds
+
+
+def own_peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def machine() -> dict[str, object]:
+    """The machine a result was measured on."""
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as file:
+            models = [
+                line.split(":", 1)[1].strip() for line in file if line.startswith("model name")
+            ]
+        cpu = models[0] if models else cpu
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+    }
