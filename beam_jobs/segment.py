@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import sys
 import time
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from petseg.beam.decode import DEFAULT_MAX_FILE_BYTES, DecodeImages
 from petseg.beam.inference import InferProbabilities, SavedModelHandler
@@ -53,7 +53,7 @@ from petseg.beam.job import SegmentConfigError, SegmentJob, prepare_job
 from petseg.beam.postprocess import PostprocessMasks
 from petseg.beam.progress import DEFAULT_INTERVAL_S, ProgressReporter
 from petseg.beam.records import error_line
-from petseg.beam.stats import ComputeImageStatsFn, SummarizeRun, stats_line
+from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
 from petseg.beam.write import WriteJsonLines, WriteMasks, read_json, write_json, write_summary
 from petseg.imageio import DEFAULT_MAX_PIXELS
 
@@ -61,8 +61,6 @@ PROG = "petseg-segment"
 SUMMARY_FILE = "summary.json"
 STATS_DIR = "stats"
 ERRORS_DIR = "errors"
-# JSON Lines shards hold about this many records each.
-RECORDS_PER_SHARD = 100_000
 DIRECT_RUNNERS = (
     None,
     "DirectRunner",
@@ -151,12 +149,16 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
         ComputeImageStatsFn(job.model.class_names, job.model.model_id)
     )
     errors = (
-        path_errors,
-        decode_errors,
-        inference_errors,
-        postprocess_errors,
-        write_errors,
-    ) | "FlattenErrors" >> beam.Flatten()
+        (
+            path_errors,
+            decode_errors,
+            inference_errors,
+            postprocess_errors,
+            write_errors,
+        )
+        | "FlattenErrors" >> beam.Flatten()
+        | "CountErrors" >> beam.ParDo(CountErrorsFn())
+    )
 
     _ = (
         records
@@ -206,7 +208,6 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
         max_file_bytes=known_args.max_file_bytes,
         overlays=known_args.overlays,
     )
-    job.num_shards = max(1, math.ceil(job.matched / RECORDS_PER_SHARD))
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     runner = options.view_as(StandardOptions).runner
@@ -222,7 +223,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
     else:
         state = pipeline.run().wait_until_finish()
     wall_time_s = time.monotonic() - started
-    if state not in (None, beam.runners.runner.PipelineState.DONE):
+    if state not in (None, PipelineState.DONE):
         raise RuntimeError(f"the pipeline ended in state {state}")
 
     # Timing lives only in summary.json: statistics and masks stay byte-identical on reruns.
@@ -235,6 +236,39 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
     )
     write_json(summary_path, summary)
     return summary
+
+
+def segment_images(
+    inputs: str | list[str],
+    model_dir: str,
+    output: str,
+    *,
+    max_batch_size: int = 32,
+    overlays: bool = False,
+    beam_args: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Runs the job from Python with keyword arguments (for the demo and benchmarks).
+
+    Args:
+      inputs: one input (folder, file or pattern) or several.
+      model_dir: the export folder.
+      output: the output folder OUT.
+      max_batch_size: inference batch size.
+      overlays: also write overlays.
+      beam_args: Beam flags, e.g. ``["--direct_running_mode", "multi_processing"]``.
+
+    Returns:
+      The run's summary, as :func:`run` returns it.
+    """
+    argv = [
+        arg
+        for text in ([inputs] if isinstance(inputs, str) else inputs)
+        for arg in ("--input", text)
+    ]
+    argv += ["--model", model_dir, "--output", output, "--max-batch-size", str(max_batch_size)]
+    if overlays:
+        argv.append("--overlays")
+    return run([*argv, *beam_args])
 
 
 def main(argv: list[str] | None = None) -> int:

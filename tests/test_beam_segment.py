@@ -168,6 +168,41 @@ def test_rerun_writes_byte_identical_outputs(direct_run, tree, model_dir, tmp_pa
     assert {name: data for name, data in fresh.items() if name not in overlays} == before
 
 
+def test_counters_account_for_every_file(tree, model_dir, tmp_path):
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from petseg.beam.job import prepare_job
+
+    job = prepare_job(
+        inputs=[str(tree)], model_dir=str(model_dir), output=str(tmp_path / "out"), max_batch_size=4
+    )
+    pipeline = beam.Pipeline()
+    segment_job.build_pipeline(pipeline, job)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {
+        counter.key.metric.name: counter.committed
+        for counter in result.metrics().query(MetricsFilter().with_namespace("petseg"))["counters"]
+    }
+    # The collision loser is never read; the three bad files are read but not decoded.
+    assert counters["read"] == len(GOOD_IMAGES) + len(BAD_IMAGES)
+    assert counters["decoded"] == counters["masks_written"] == len(GOOD_IMAGES)
+    assert counters["failed"] == len(BAD_IMAGES) + len(COLLISION_LOSERS)
+    assert counters["failed_decode"] == len(BAD_IMAGES)
+    assert counters["failed_match"] == len(COLLISION_LOSERS)
+    total = sum(width * height for width, height in GOOD_IMAGES.values())
+    assert sum(counters[f"pixels_{name}"] for name in CLASS_NAMES) == total
+
+
+def test_segment_images_runs_from_python(tree, model_dir, tmp_path):
+    summary = segment_job.segment_images(
+        str(tree / "dogs"), str(model_dir), str(tmp_path / "out"), max_batch_size=2
+    )
+    assert summary["masks_written"] == 4 and summary["failed"] == 1
+    assert summary["inputs"] == [f"{tree}/dogs/**"]
+
+
 def test_main_returns_zero_and_prints_a_result_line(tree, model_dir, tmp_path, capsys):
     assert segment_job.main(_argv(tree, model_dir, tmp_path / "out")) == 0
     assert "masks written" in capsys.readouterr().err

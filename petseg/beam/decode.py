@@ -17,10 +17,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from petseg.beam.io import ERRORS_TAG
-from petseg.beam.records import ErrorRecord, ImageKey, SourceImage
+from petseg.beam.records import COUNTER_NAMESPACE, ErrorRecord, ImageKey, SourceImage
 from petseg.imageio import DEFAULT_MAX_PIXELS, decode_image, resize_image
 
-NAMESPACE = "petseg"
 # A file this big is no photo; refusing it before reading keeps a worker's memory safe.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -51,12 +50,10 @@ class DecodeImageFn(beam.DoFn):
     ):
         self._max_pixels = max_pixels
         self._max_bytes = max_bytes
-        self._read = Metrics.counter(NAMESPACE, "read")
-        self._decoded = Metrics.counter(NAMESPACE, "decoded")
-        self._failed = Metrics.counter(NAMESPACE, "failed")
+        self._read = Metrics.counter(COUNTER_NAMESPACE, "read")
+        self._decoded = Metrics.counter(COUNTER_NAMESPACE, "decoded")
 
     def _fail(self, source: SourceImage, stage: str, error: BaseException):
-        self._failed.inc()
         return beam.pvalue.TaggedOutput(
             ERRORS_TAG, ErrorRecord.from_exception(source.path, stage, error)
         )
@@ -87,7 +84,6 @@ class ResizeImageFn(beam.DoFn):
     def __init__(self, image_size: int, keep_original: bool = False):
         self._image_size = image_size
         self._keep_original = keep_original
-        self._failed = Metrics.counter(NAMESPACE, "failed")
 
     def process(
         self, element: tuple[SourceImage, np.ndarray]
@@ -96,7 +92,6 @@ class ResizeImageFn(beam.DoFn):
         try:
             pixels = resize_image(image, self._image_size)
         except Exception as error:  # e.g. MemoryError on a huge image.
-            self._failed.inc()
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG, ErrorRecord.from_exception(source.path, "resize", error)
             )

@@ -204,7 +204,7 @@ class MatchImages(beam.PTransform):
 
 
 class _KeyByMaskPathFn(beam.DoFn):
-    def process(self, source: SourceImage):
+    def process(self, source: SourceImage) -> Iterator[tuple[str, SourceImage]]:
         try:
             yield mask_relative_path(source.relative), source
         except UnsafePathError as error:
@@ -214,7 +214,7 @@ class _KeyByMaskPathFn(beam.DoFn):
 
 
 class _ResolveCollisionsFn(beam.DoFn):
-    def process(self, element: tuple[str, Iterable[SourceImage]]):
+    def process(self, element: tuple[str, Iterable[SourceImage]]) -> Iterator[SourceImage]:
         mask_path, sources = element
         ordered = sorted(sources, key=lambda source: source.path)
         winner = ordered[0]

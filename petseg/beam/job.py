@@ -9,6 +9,7 @@ started to discover a typo.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from petseg.export import ModelInfo
 
 WRITE_CHECK_FILE = ".petseg-write-check"
+# Statistics and errors JSON Lines shards hold about this many records each.
+RECORDS_PER_SHARD = 100_000
 
 
 class SegmentConfigError(ValueError):
@@ -210,4 +213,5 @@ def prepare_job(
         max_pixels=max_pixels,
         max_file_bytes=max_file_bytes,
         overlays=overlays,
+        num_shards=max(1, math.ceil(matched / RECORDS_PER_SHARD)),
     )

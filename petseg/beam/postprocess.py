@@ -11,10 +11,8 @@ from collections.abc import Iterator
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import PredictionResult
 
-from petseg.beam.decode import NAMESPACE
 from petseg.beam.io import ERRORS_TAG
 from petseg.beam.records import ErrorRecord, ImageKey, Segmentation
 
@@ -54,9 +52,6 @@ def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndar
 class PostprocessFn(beam.DoFn):
     """``(ImageKey, PredictionResult)`` -> :class:`Segmentation`; failures go to ``errors``."""
 
-    def __init__(self):
-        self._failed = Metrics.counter(NAMESPACE, "failed")
-
     def process(self, element: tuple[ImageKey, PredictionResult]) -> Iterator[Segmentation]:
         key, prediction = element
         try:
@@ -64,7 +59,6 @@ class PostprocessFn(beam.DoFn):
                 np.asarray(prediction.inference, dtype=np.float32), key.height, key.width
             )
         except Exception as error:  # e.g. MemoryError upsampling a huge image.
-            self._failed.inc()
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG, ErrorRecord.from_exception(key.source.path, "postprocess", error)
             )

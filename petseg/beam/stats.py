@@ -17,8 +17,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from petseg.beam.decode import NAMESPACE
-from petseg.beam.records import STAGES, Segmentation
+from petseg.beam.records import COUNTER_NAMESPACE, STAGES, ErrorRecord, Segmentation
 from petseg.classes import PET
 
 HISTOGRAM_BINS = 10
@@ -64,7 +63,7 @@ class ComputeImageStatsFn(beam.DoFn):
 
     def setup(self):
         self._pixels = {
-            name: Metrics.counter(NAMESPACE, f"pixels_{name}") for name in self._class_names
+            name: Metrics.counter(COUNTER_NAMESPACE, f"pixels_{name}") for name in self._class_names
         }
 
     def process(self, segmentation: Segmentation) -> Iterator[dict[str, Any]]:
@@ -201,8 +200,29 @@ def stats_line(record: dict[str, Any]) -> tuple[str, str]:
     return record["path"], json.dumps(record, sort_keys=True)
 
 
-def _stage(error) -> str:
+def _stage(error: ErrorRecord) -> str:
     return error.stage
+
+
+class CountErrorsFn(beam.DoFn):
+    """Passes errors through, counting them in ``failed`` and ``failed_<stage>``.
+
+    Counted once, after every stage's errors are flattened, so no failure is
+    missed or counted twice whichever step reported it.
+    """
+
+    def setup(self):
+        self._failed = Metrics.counter(COUNTER_NAMESPACE, "failed")
+        self._by_stage = {
+            stage: Metrics.counter(COUNTER_NAMESPACE, f"failed_{stage}") for stage in STAGES
+        }
+
+    def process(self, error: ErrorRecord) -> Iterator[ErrorRecord]:
+        self._failed.inc()
+        counter = self._by_stage.get(error.stage)
+        if counter is not None:
+            counter.inc()
+        yield error
 
 
 class SummarizeRun(beam.PTransform):
@@ -223,14 +243,14 @@ class SummarizeRun(beam.PTransform):
         matched_count = matched | "CountMatched" >> beam.combiners.Count.Globally()
         failures = (
             errors
-            | "StageOfError" >> beam.Map(_stage)
+            | "ExtractStages" >> beam.Map(_stage)
             | "CountFailures" >> beam.combiners.Count.PerElement()
         )
         return (
             records
             | "CombineStats"
             >> beam.CombineGlobally(SummaryCombineFn(self._class_names, self._model_id))
-            | "Reconcile"
+            | "ReconcileCounts"
             >> beam.Map(
                 reconcile,
                 matched=beam.pvalue.AsSingleton(matched_count),

@@ -23,9 +23,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from petseg.beam.decode import NAMESPACE
 from petseg.beam.io import ERRORS_TAG, join_path, overlay_relative_path
-from petseg.beam.records import ErrorRecord, Segmentation
+from petseg.beam.records import COUNTER_NAMESPACE, ErrorRecord, Segmentation
 from petseg.classes import CLASS_COLOURS, palette
 
 OVERLAY_OPACITY = 0.5
@@ -105,8 +104,7 @@ class WriteMaskFn(beam.DoFn):
     def __init__(self, output: str, overlays: bool = False):
         self._output = output
         self._overlays = overlays
-        self._written = Metrics.counter(NAMESPACE, "masks_written")
-        self._failed = Metrics.counter(NAMESPACE, "failed")
+        self._written = Metrics.counter(COUNTER_NAMESPACE, "masks_written")
 
     def process(self, segmentation: Segmentation) -> Iterator[Segmentation]:
         key = segmentation.key
@@ -120,7 +118,6 @@ class WriteMaskFn(beam.DoFn):
                 join_path(self._output, key.source.mask_path), encode_mask(segmentation.mask)
             )
         except Exception as error:  # A full disk or a denied write fails this image only.
-            self._failed.inc()
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG, ErrorRecord.from_exception(key.source.path, "write", error)
             )
