@@ -1,0 +1,226 @@
+"""Scores an exported model on labelled images at their original resolution.
+
+Each image is decoded at its own size, resized to the model's S x S, run
+through the SavedModel's ``serving_default``; the class probabilities are
+resized back to the original height and width and reduced with argmax
+(:mod:`petseg.postprocess`, exactly as the Beam job does) and compared with
+the original label map. The result is what users of the masks get, not a
+score on squashed S x S labels.
+
+Usage::
+
+    python train.py evaluate --model runs/accuracy/export \\
+        --data-dir ~/data/oxford-iiit-pet --split test
+    petseg-evaluate --model runs/accuracy/export --images-dir imgs --masks-dir masks \\
+        --mask-values 0:1,255:0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from petseg.classes import CLASS_NAMES
+from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_pair
+from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_examples
+from petseg.data.paired import pair_folders, parse_value_map
+from petseg.export import ExportError, load_serving_model
+from petseg.imageio import ImageDecodeError, resize_image
+from petseg.metrics import confusion_matrix, format_metrics, metrics_from_confusion
+from petseg.postprocess import probabilities_to_mask
+
+logger = logging.getLogger(__name__)
+
+# Probabilities for a chunk of images are computed in one model call; the
+# upsampling then runs per image, since originals differ in size.
+CHUNK = 16
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+"""uint8 ``[N, S, S, 3]`` -> float32 probabilities ``[N, S, S, C]``."""
+
+
+def serving_predictor(serving_function) -> Predictor:
+    """Wraps a loaded ``serving_default`` signature as a :data:`Predictor`."""
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        outputs = serving_function(images=tf.constant(images, tf.uint8))
+        return outputs["probabilities"].numpy()
+
+    return predict
+
+
+def evaluate_examples(
+    predict: Predictor,
+    examples: Sequence[LabelledFile],
+    image_size: int,
+    value_map: dict[int, int],
+    num_classes: int = len(CLASS_NAMES),
+) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """Confusion matrix of ``predict`` over labelled files, at original resolution.
+
+    Args:
+      predict: model-size images -> probabilities.
+      examples: image/label file pairs.
+      image_size: the model's side S.
+      value_map: stored label value -> class index.
+      num_classes: C.
+
+    Returns:
+      ``(matrix int64 [C, C], skipped)`` where ``skipped`` lists
+      ``(image_path, reason)`` of unreadable pairs (they are not counted).
+    """
+    table = lookup_table(value_map)
+    matrix = np.zeros((num_classes, num_classes), np.int64)
+    skipped: list[tuple[str, str]] = []
+    for start in range(0, len(examples), CHUNK):
+        labelled = []
+        for example in examples[start : start + CHUNK]:
+            try:
+                image, mask = read_pair(example, table)
+            except (OSError, ImageDecodeError) as error:
+                skipped.append((example.image_path, str(error)))
+                logger.warning("skipping %s: %s", example.image_path, error)
+                continue
+            labelled.append((image, mask[..., 0]))
+        if not labelled:
+            continue
+        batch = np.stack([resize_image(image, image_size) for image, _ in labelled])
+        probabilities = predict(batch)
+        for (_, mask), image_probabilities in zip(labelled, probabilities, strict=True):
+            predicted = probabilities_to_mask(image_probabilities, mask.shape)
+            matrix += confusion_matrix(mask, predicted, num_classes)
+    return matrix, skipped
+
+
+def default_output(model_dir: str, split: str) -> str:
+    """``<model_dir>/../eval_<split>.json``: beside the export, inside the workdir."""
+    return os.path.join(os.path.dirname(os.path.abspath(model_dir)), f"eval_{split}.json")
+
+
+def evaluate_export(
+    model_dir: str,
+    data_dir: str | None = None,
+    split: str = "test",
+    images_dir: str | None = None,
+    masks_dir: str | None = None,
+    mask_values: str = "0:1,255:0",
+) -> dict[str, Any]:
+    """Scores an export on an Oxford-layout split or on a paired folder.
+
+    Args:
+      model_dir: a ``train.py`` export (SavedModel + ``petseg.json``).
+      data_dir: Oxford-layout folder; ``split`` picks its list (``test``, ``trainval``, ``all``).
+      split: the Oxford split.
+      images_dir: instead of ``data_dir``, a folder of images ...
+      masks_dir: ... and their masks, matched by file stem.
+      mask_values: stored mask value -> class index for paired masks.
+
+    Returns:
+      ``{"pixel_accuracy", "iou": {class: IoU}, "mean_iou", "pixels", "images",
+      "skipped", "confusion_matrix", "class_names", "model_id", "split",
+      "resolution": "original", "seconds"}``.
+
+    Raises:
+      ExportError: the model directory is not a usable export.
+      DataSourceError: the data cannot be read or does not match the model's classes.
+    """
+    started = time.perf_counter()
+    if bool(data_dir) == bool(images_dir):
+        raise DataSourceError("give either --data-dir (Oxford layout) or --images-dir/--masks-dir")
+    serving_function, info = load_serving_model(model_dir)
+    if images_dir:
+        if not masks_dir:
+            raise DataSourceError("--images-dir needs --masks-dir")
+        try:
+            value_map = parse_value_map(mask_values)
+        except ValueError as error:
+            raise DataSourceError(str(error)) from None
+        examples = list(pair_folders(images_dir, masks_dir).pairs)
+        split = "paired"
+    else:
+        value_map = TRIMAP_TO_CLASS
+        examples = oxford_examples(data_dir, split)
+    if max(value_map.values()) >= info.num_classes:
+        raise DataSourceError(
+            f"labels map to class {max(value_map.values())} but the model has "
+            f"{info.num_classes} classes {info.class_names}"
+        )
+    matrix, skipped = evaluate_examples(
+        serving_predictor(serving_function), examples, info.image_size, value_map, info.num_classes
+    )
+    if len(skipped) == len(examples):
+        raise DataSourceError(f"none of the {len(examples)} images could be read")
+    return {
+        **metrics_from_confusion(matrix, info.class_names),
+        "images": len(examples) - len(skipped),
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+        "confusion_matrix": matrix.tolist(),
+        "class_names": list(info.class_names),
+        "model_id": info.model_id,
+        "model_dir": os.path.abspath(model_dir),
+        "data": os.path.abspath(data_dir or images_dir),
+        "split": split,
+        "resolution": "original",
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    """The ``evaluate`` command's flags."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Score an exported model at the original resolution of labelled images: "
+        "pixel accuracy, IoU per class, mean IoU.",
+    )
+    parser.add_argument("--model", required=True, help="export folder written by train.py")
+    parser.add_argument("--data-dir", help="Oxford-IIIT Pet layout folder (images/, annotations/)")
+    parser.add_argument(
+        "--split", default="test", choices=("test", "trainval", "all"), help="Oxford split list"
+    )
+    parser.add_argument("--images-dir", help="instead of --data-dir: folder of images")
+    parser.add_argument("--masks-dir", help="masks matching --images-dir by file stem")
+    parser.add_argument(
+        "--mask-values",
+        default="0:1,255:0",
+        help="stored mask value -> class index for --masks-dir (default 0:1,255:0)",
+    )
+    parser.add_argument(
+        "--output", help="JSON report path (default: eval_<split>.json beside the export folder)"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """Console entry point (``petseg-evaluate``, ``train.py evaluate``)."""
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        report = evaluate_export(
+            args.model, args.data_dir, args.split, args.images_dir, args.masks_dir, args.mask_values
+        )
+    except (ExportError, DataSourceError) as error:
+        parser.error(str(error))
+    output = args.output or default_output(args.model, report["split"])
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    with open(output, "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=2)
+    print(
+        f"{report['model_id']} on {report['split']} ({report['images']} images, original "
+        f"resolution): {format_metrics(report)}"
+    )
+    print(f"report: {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

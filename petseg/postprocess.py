@@ -1,0 +1,73 @@
+"""From model-size probabilities to a class mask at the image's own size.
+
+The model sees every image squashed to S x S. To label the original pixels,
+the class *probabilities* are resized bilinearly to the original height and
+width and only then reduced with argmax. Resizing the S x S argmax mask
+instead (nearest neighbour) gives blocky, staircase outlines, which costs
+most on the thin border class; interpolating probabilities places each
+boundary between model pixels where the classes' scores cross.
+
+Both ``train.py evaluate`` and the Beam segmentation job use these
+functions, so offline scores describe exactly the masks users get.
+
+Implementation: ``tf.image.resize(method="bilinear")`` (half-pixel centres,
+the same sampling grid as Pillow's bilinear resize used on the input). It
+resizes all C channels in one call, runs on any device and, on CPU, takes a
+few milliseconds for a 500 x 375 image; the argmax fuses into the same call.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    height, width = (int(size[0]), int(size[1]))
+    if height < 1 or width < 1:
+        raise ValueError(f"target size must be positive, got {size}")
+    return height, width
+
+
+def upsample_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
+    """Resizes class probabilities bilinearly to ``size``.
+
+    Args:
+      probabilities: float ``[S, S, C]`` (or ``[N, S, S, C]``), numpy or tensor.
+      size: target ``(height, width)``.
+
+    Returns:
+      float32 numpy array ``[height, width, C]`` (or ``[N, height, width, C]``).
+      Each pixel is a convex combination of four model pixels, so it still
+      sums to 1 over classes.
+
+    Raises:
+      ValueError: not a 3-D or 4-D array, or a non-positive size.
+    """
+    height, width = _check_size(size)
+    probabilities = tf.convert_to_tensor(probabilities, tf.float32)
+    if probabilities.shape.rank not in (3, 4):
+        raise ValueError(
+            f"probabilities must be [S, S, C] or [N, S, S, C], got shape {probabilities.shape}"
+        )
+    if tuple(probabilities.shape[-3:-1]) == (height, width):
+        return probabilities.numpy()
+    return tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
+
+
+def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) -> np.ndarray:
+    """The class mask: argmax over classes, after upsampling to ``size`` if given.
+
+    Args:
+      probabilities: float ``[S, S, C]`` (or ``[N, S, S, C]``).
+      size: ``(height, width)`` of the original image, or None to keep S x S.
+
+    Returns:
+      uint8 class indices ``[height, width]`` (or ``[N, height, width]``).
+    """
+    probabilities = tf.convert_to_tensor(probabilities, tf.float32)
+    if size is not None:
+        height, width = _check_size(size)
+        if tuple(probabilities.shape[-3:-1]) != (height, width):
+            probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
+    return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()

@@ -1,0 +1,341 @@
+"""``train_and_evaluate(config, workdir)``: the whole training run, resumable.
+
+1. Checks the config, picks the strategy (:mod:`petseg.distribute`) and the
+   global batch (``batch_size`` per replica x replicas).
+2. Loads the training and evaluation splits (:mod:`petseg.data`).
+3. Builds and compiles the U-Net inside the strategy's scope; trains with the
+   encoder frozen, then (``fine_tune_epochs``) unfrozen with a lower learning
+   rate, epoch numbers continuing. The encoder's BatchNorm stays in inference
+   mode throughout (the model calls it with ``training=False``).
+4. Evaluates on the full evaluation split, draws the pictures, exports the
+   SavedModel with its ``petseg.json``.
+
+A run killed at any point resumes from its last finished epoch when started
+again with the same config and workdir.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from petseg.callbacks import (
+    PredictionPanel,
+    Workdir,
+    best_so_far,
+    read_history,
+    tensorboard_available,
+    training_callbacks,
+)
+from petseg.classes import CLASS_NAMES, NUM_CLASSES
+from petseg.config import TrainConfig
+from petseg.data import AugmentConfig, eval_batches, train_batches
+from petseg.distribute import (
+    compute_policy_name,
+    global_batch_size,
+    make_strategy,
+    precision_policy,
+    uses_gpu,
+)
+from petseg.evaluate import evaluate_examples
+from petseg.export import export_model
+from petseg.inputs import Datasets, load_datasets
+from petseg.metrics import (
+    confusion_matrix,
+    format_metrics,
+    metrics_from_confusion,
+    segmentation_metrics,
+)
+from petseg.model import build_unet, set_encoder_trainable
+from petseg.plots import save_confusion_matrix, save_curves
+
+logger = logging.getLogger(__name__)
+
+ENCODER = "mobilenet_v2"
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a finished run reports.
+
+    Attributes:
+      metrics: final evaluation (``pixel_accuracy``, ``iou`` per class, ``mean_iou``...).
+      history: per-epoch logs of the whole run (across resumes), from the CSV.
+      export_dir: the exported model.
+      model_id: the export's id.
+      num_replicas: replicas the strategy trained on.
+      global_batch_size: examples per step over all replicas.
+      steps_per_epoch: training steps per epoch.
+      resumed_from_epoch: epochs already finished when this call started (0: fresh).
+    """
+
+    metrics: dict[str, Any]
+    history: dict[str, list[float]]
+    export_dir: str
+    model_id: str
+    num_replicas: int
+    global_batch_size: int
+    steps_per_epoch: int
+    resumed_from_epoch: int
+
+
+def compile_model(
+    model: keras.Model, config: TrainConfig, learning_rate: float, phase_steps: int
+) -> None:
+    """Adam + per-pixel cross-entropy on logits + the segmentation metrics.
+
+    Class weights are not the loss's business: they arrive as per-pixel
+    sample weights from the input pipeline, and Keras multiplies each pixel's
+    loss by its weight before averaging.
+    """
+    if config.lr_schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, phase_steps)
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=segmentation_metrics(CLASS_NAMES),
+    )
+
+
+def model_confusion(model: keras.Model, batches: tf.data.Dataset) -> np.ndarray:
+    """Confusion matrix of ``model`` over an evaluation stream, at the model's size."""
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    for batch in batches:
+        images, masks = batch[0], batch[1]
+        predicted = np.argmax(model.predict_on_batch(images), axis=-1)
+        matrix += confusion_matrix(masks.numpy()[..., 0], predicted, NUM_CLASSES)
+    return matrix
+
+
+def final_evaluation(
+    model: keras.Model, config: TrainConfig, data: Datasets, batch_size: int
+) -> tuple[np.ndarray, str]:
+    """Confusion matrix on the full evaluation split, and at which resolution.
+
+    File-based splits are scored at each image's original resolution, exactly
+    as ``train.py evaluate`` scores the export; generated ones at the model's size.
+    """
+    if data.eval_files:
+
+        def predict(images: np.ndarray) -> np.ndarray:
+            logits = model.predict_on_batch(images.astype(np.float32))
+            return tf.nn.softmax(logits, axis=-1).numpy()
+
+        matrix, _ = evaluate_examples(
+            predict, data.eval_files, config.image_size, data.value_map, NUM_CLASSES
+        )
+        return matrix, "original"
+    return model_confusion(model, eval_batches(data.eval, batch_size)), "model"
+
+
+def _model_id(config: TrainConfig) -> str:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    digest = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    return f"petseg-unet-{stamp}-{digest[:8]}"
+
+
+def _fit_phase(
+    model: keras.Model,
+    train: tf.data.Dataset,
+    validation: tf.data.Dataset,
+    steps_per_epoch: int,
+    first_epoch: int,
+    last_epoch: int,
+    callbacks: list[keras.callbacks.Callback],
+) -> None:
+    # BackupAndRestore moves the start forward through this attribute; clear
+    # any value left by an earlier phase so each fit starts where it says.
+    model._initial_epoch = None
+    model.fit(
+        train,
+        epochs=last_epoch,
+        initial_epoch=first_epoch,
+        steps_per_epoch=steps_per_epoch,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=2,
+    )
+
+
+def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
+    """Trains, evaluates and exports a U-Net as ``config`` says, with outputs in ``workdir``.
+
+    Args:
+      config: the run's settings.
+      workdir: output folder (see :mod:`petseg.callbacks` for its layout);
+        rerunning with the same config resumes an interrupted run.
+
+    Returns:
+      The run's :class:`TrainingResult`.
+
+    Raises:
+      ConfigError: the config cannot run here (e.g. batch not divisible by the replicas).
+      DataSourceError: the data cannot be loaded.
+      EncoderWeightsError: the encoder's weights cannot be had.
+    """
+    started = time.perf_counter()
+    paths = Workdir(workdir)
+    paths.make()
+    keras.utils.set_random_seed(config.seed)
+
+    strategy = make_strategy(config.gpus)
+    replicas = strategy.num_replicas_in_sync
+    batch_size = global_batch_size(replicas, config.batch_size, config.global_batch_size)
+    logger.info(
+        "strategy %s: %d replica(s), global batch %d (%d per replica)",
+        type(strategy).__name__,
+        replicas,
+        batch_size,
+        batch_size // replicas,
+    )
+
+    data = load_datasets(config)
+    steps_per_epoch = config.steps_per_epoch or max(1, data.num_train // batch_size)
+    logger.info(
+        "data %s: %d training / %d evaluation examples; %d steps per epoch",
+        data.description,
+        data.num_train,
+        data.num_eval,
+        steps_per_epoch,
+    )
+    augment = AugmentConfig(config.flip, config.min_crop_scale, config.colour_jitter)
+    train = train_batches(
+        data.train, batch_size, augment, config.shuffle_buffer, config.class_weights, config.seed
+    )
+    validation = eval_batches(data.eval, batch_size)
+    panel_images, panel_masks = data.panel(config.plot_examples)
+
+    if not tensorboard_available():
+        logger.warning(
+            "tensorboard is not installed: no %s (pip install tensorboard)", paths.tensorboard
+        )
+    done = paths.finished_epochs()
+    if done:
+        logger.info("resuming from %s: %d epoch(s) already finished", paths.backup, done)
+    elif os.path.exists(paths.backup):
+        shutil.rmtree(paths.backup)
+    previous = read_history(paths.history_csv, before_epoch=done) if done else {}
+
+    policy = compute_policy_name(config.mixed_precision, uses_gpu(strategy))
+    with precision_policy(policy):
+        with strategy.scope():
+            model = build_unet(
+                config.image_size,
+                NUM_CLASSES,
+                config.alpha,
+                config.encoder_weights,
+                trainable_encoder=False,
+                dropout=config.dropout,
+            )
+            compile_model(model, config, config.learning_rate, config.epochs * steps_per_epoch)
+        logger.info("model %s: %d parameters, policy %s", model.name, model.count_params(), policy)
+        panel = (
+            PredictionPanel(panel_images, panel_masks, paths.plots) if len(panel_images) else None
+        )
+
+        def callbacks(phase: str) -> list[keras.callbacks.Callback]:
+            history = read_history(paths.history_csv)
+            # Only a fresh run starts a new CSV; resumes and the second phase append.
+            append = bool(done) or phase == "fine-tune"
+            return training_callbacks(
+                paths,
+                config.total_epochs,
+                phase,
+                append,
+                best_so_far(history) if append else None,
+                panel,
+            )
+
+        # Skip the frozen phase only when a resume is past it and fine-tuning
+        # will restore the weights; otherwise its fit restores them (or trains).
+        if done < config.epochs or not config.fine_tune_epochs:
+            _fit_phase(
+                model, train, validation, steps_per_epoch, 0, config.epochs, callbacks("frozen")
+            )
+        if config.fine_tune_epochs:
+            with strategy.scope():
+                set_encoder_trainable(model, True, config.fine_tune_from)
+                compile_model(
+                    model,
+                    config,
+                    config.fine_tune_learning_rate,
+                    config.fine_tune_epochs * steps_per_epoch,
+                )
+            with warnings.catch_warnings():
+                # Restoring the frozen phase's backup into the new optimizer skips
+                # the old optimizer's slots on purpose: fine-tuning starts Adam afresh.
+                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+                _fit_phase(
+                    model,
+                    train,
+                    validation,
+                    steps_per_epoch,
+                    config.epochs,
+                    config.total_epochs,
+                    callbacks("fine-tune"),
+                )
+
+        matrix, resolution = final_evaluation(model, config, data, batch_size)
+        metrics = metrics_from_confusion(matrix, CLASS_NAMES)
+        logger.info("final evaluation (%s resolution): %s", resolution, format_metrics(metrics))
+        history = read_history(paths.history_csv) or previous
+        save_curves(
+            history,
+            os.path.join(paths.plots, "curves.png"),
+            config.epochs + 1 if config.fine_tune_epochs else 0,
+        )
+        save_confusion_matrix(
+            matrix,
+            os.path.join(paths.plots, "confusion_matrix.png"),
+            CLASS_NAMES,
+            f"{data.eval_split} split, {resolution} resolution",
+        )
+        model_id = _model_id(config)
+        evaluation = {**metrics, "split": data.eval_split, "resolution": resolution}
+        export_model(
+            model,
+            paths.export,
+            {
+                "model_id": model_id,
+                "class_names": list(CLASS_NAMES),
+                "image_size": config.image_size,
+                "encoder": ENCODER,
+                "alpha": config.alpha,
+                "config": config.to_dict(),
+                "metrics": evaluation,
+                "training": {
+                    "replicas": replicas,
+                    "global_batch_size": batch_size,
+                    "steps_per_epoch": steps_per_epoch,
+                    "epochs": config.total_epochs,
+                    "data": data.description,
+                },
+            },
+        )
+    # Only now is the run complete: a kill before this line resumes, after it restarts.
+    shutil.rmtree(paths.backup, ignore_errors=True)
+    logger.info(
+        "exported %s to %s in %.0f s", model_id, paths.export, time.perf_counter() - started
+    )
+    return TrainingResult(
+        metrics=evaluation,
+        history=history,
+        export_dir=paths.export,
+        model_id=model_id,
+        num_replicas=replicas,
+        global_batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        resumed_from_epoch=done,
+    )
