@@ -25,6 +25,8 @@ setup(
         # Beam caps Pillow below 13.
         "pillow>=10,<13",
         "numpy>=1.26,<3",
+        # Training logs for TensorBoard (TensorFlow no longer pulls it in).
+        "tensorboard>=2.16,<2.22",
         # Training pictures (prediction panels, curves, confusion matrix) and the report charts.
         "matplotlib>=3.8,<4",
         # Progress bars for work outside Keras and Beam.
