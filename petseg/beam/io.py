@@ -15,17 +15,29 @@ Two rules keep every input accounted for and every write inside OUT:
   grouped; the lexicographically smallest input path keeps the mask, each of
   the others is reported as an error at stage ``match``. Nothing is silently
   overwritten and the outcome does not depend on processing order.
+
+Local folders are listed by the job itself rather than by Beam's
+``LocalFileSystem``, which silently drops links it cannot follow and lists
+FIFOs (whose read blocks forever). Here every entry a pattern matches is
+accounted for: a broken or looping link is listed and fails at ``read`` with
+the operating system's reason; a link that leads outside its input folder,
+a FIFO, a socket, a device, or a name that is not valid UTF-8 (which Beam's
+coders cannot carry) is refused at ``match`` (:class:`UnsafeFileError`).
+Linked folders are not descended into.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
+from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.records import ErrorRecord, SourceImage
@@ -47,6 +59,8 @@ ERRORS_TAG = "errors"
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
+logger = logging.getLogger(__name__)
+
 
 class UnsafePathError(ValueError):
     """A relative path that would place a mask outside OUT."""
@@ -54,6 +68,10 @@ class UnsafePathError(ValueError):
 
 class MaskCollisionError(ValueError):
     """An input whose mask path another input already claims."""
+
+
+class UnsafeFileError(ValueError):
+    """A listed entry the job refuses to read: a link out of its input folder, a FIFO, a socket."""
 
 
 @dataclass(frozen=True)
@@ -159,25 +177,108 @@ def overlay_relative_path(mask_path: str) -> str:
     return OVERLAYS_DIR + mask_path[len(MASKS_DIR) :].removesuffix(".png") + ".jpg"
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def inspect_local_file(path: str, root: str, check_link: bool = True) -> tuple[int, str]:
+    """The size of a listed local entry and why it must not be read (empty when it may be).
+
+    Args:
+      path: the entry, as listed.
+      root: its input folder.
+      check_link: refuse a link whose target lies outside ``root``.
+
+    Returns:
+      ``(size in bytes, refusal)``. A broken or looping link gets ``(0, "")``:
+      reading it fails with the operating system's own reason.
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return 0, ""
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for is_kind, name in _KINDS if is_kind(status.st_mode)), "a device")
+        return 0, f"not a regular file ({kind}); refusing to read it"
+    if check_link and os.path.islink(path):
+        target = os.path.realpath(path)
+        if not _inside(target, os.path.realpath(root)):
+            return 0, (
+                f"symbolic link leads outside the input folder {root} (to {target}); not followed"
+            )
+    return int(status.st_size), ""
+
+
+def list_input(spec: InputSpec) -> Iterator[tuple[str, int, str]]:
+    """Every entry ``spec.pattern`` matches, as ``(path, size in bytes, refusal)``.
+
+    Remote patterns go through Beam's ``FileSystems``. Local ones follow the
+    same pattern rules (``*`` within a name, ``**`` across folders) but are
+    listed here so that nothing is dropped silently (see the module docstring).
+    """
+    if is_remote(spec.pattern):
+        for metadata in FileSystems.match([spec.pattern])[0].metadata_list:
+            yield metadata.path, int(metadata.size_in_bytes), ""
+        return
+    prefix = re.match(r"^[^[*?]*", spec.pattern).group(0)
+    if prefix == spec.pattern:
+        # A file named on its own: the user chose it, wherever a link leads.
+        if os.path.lexists(spec.pattern) and not os.path.isdir(spec.pattern):
+            yield (spec.pattern, *inspect_local_file(spec.pattern, spec.root, check_link=False))
+        return
+    folder = prefix if prefix.endswith("/") else os.path.dirname(prefix)
+    matches = re.compile(FileSystem.translate_pattern(spec.pattern)).match
+
+    def unlisted(error: OSError) -> None:
+        logger.warning("cannot list %s: %s; files below it are not matched", error.filename, error)
+
+    # followlinks=False: a linked folder is never descended into.
+    for directory, _, names in os.walk(folder or ".", onerror=unlisted):
+        for name in names:
+            path = os.path.join(directory, name)
+            if not matches(path):
+                continue
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                # Beam's coders carry paths as UTF-8: such a name would fail the whole
+                # job, so it is reported under a printable spelling of its bytes.
+                printable = os.fsencode(path).decode("utf-8", "backslashreplace")
+                yield printable, 0, "file name is not valid UTF-8; rename the file to segment it"
+                continue
+            yield (path, *inspect_local_file(path, spec.root))
+
+
+def list_images(spec: InputSpec, extensions: Iterable[str]) -> Iterator[tuple[str, int, str]]:
+    """:func:`list_input`, keeping entries with one of ``extensions``."""
+    extensions = tuple(extensions)
+    for path, size, refusal in list_input(spec):
+        if has_extension(path, extensions):
+            yield path, size, refusal
+
+
 class MatchInputFn(beam.DoFn):
-    """Lists one input's pattern; yields ``(path, (input index, relative path, size))``."""
+    """Lists one input; yields ``(path, (input index, relative path, size, refusal))``."""
 
     def __init__(self, extensions: Sequence[str]):
         self._extensions = tuple(extensions)
 
-    def process(self, element: tuple[int, InputSpec]) -> Iterator[tuple[str, tuple[int, str, int]]]:
+    def process(
+        self, element: tuple[int, InputSpec]
+    ) -> Iterator[tuple[str, tuple[int, str, int, str]]]:
         index, spec = element
-        for metadata in FileSystems.match([spec.pattern])[0].metadata_list:
-            if has_extension(metadata.path, self._extensions):
-                relative = relative_to_root(metadata.path, spec.root)
-                yield metadata.path, (index, relative, int(metadata.size_in_bytes))
+        for path, size, refusal in list_images(spec, self._extensions):
+            yield path, (index, relative_to_root(path, spec.root), size, refusal)
 
 
-def _first_input(element: tuple[str, Iterable[tuple[int, str, int]]]) -> SourceImage:
+def _first_input(element: tuple[str, Iterable[tuple[int, str, int, str]]]) -> SourceImage:
     # A file matched by several inputs is one file; the earliest input names it.
     path, matches = element
-    _, relative, size = min(matches)
-    return SourceImage(path, relative, size)
+    _, relative, size, refusal = min(matches)
+    return SourceImage(path, relative, size, refused=refusal)
 
 
 class MatchImages(beam.PTransform):
@@ -206,8 +307,10 @@ class MatchImages(beam.PTransform):
 class _KeyByMaskPathFn(beam.DoFn):
     def process(self, source: SourceImage) -> Iterator[tuple[str, SourceImage]]:
         try:
+            if source.refused:
+                raise UnsafeFileError(source.refused)
             yield mask_relative_path(source.relative), source
-        except UnsafePathError as error:
+        except (UnsafePathError, UnsafeFileError) as error:
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG, ErrorRecord.from_exception(source.path, "match", error)
             )
@@ -233,8 +336,8 @@ class AssignMaskPaths(beam.PTransform):
     """Gives each :class:`SourceImage` its confined, collision-free mask path.
 
     Returns a ``DoOutputsTuple``: the main output holds sources with
-    ``mask_path`` set; ``errors`` holds :class:`ErrorRecord` for unsafe paths
-    and collision losers.
+    ``mask_path`` set; ``errors`` holds :class:`ErrorRecord` for unsafe paths,
+    entries the listing refused, and collision losers.
     """
 
     def expand(self, sources):

@@ -20,9 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.io import (
     InputSpec,
-    has_extension,
     is_remote,
     join_path,
+    list_images,
     normalise_location,
     resolve_input,
 )
@@ -108,10 +108,9 @@ def count_matches(inputs: Sequence[InputSpec], extensions: Sequence[str]) -> int
     paths: set[str] = set()
     for spec in inputs:
         try:
-            listed = FileSystems.match([spec.pattern])[0].metadata_list
+            found = {path for path, _, _ in list_images(spec, extensions)}
         except Exception as error:
             raise SegmentConfigError(f"cannot list input {spec.pattern}: {error}") from None
-        found = {entry.path for entry in listed if has_extension(entry.path, extensions)}
         if not found:
             raise SegmentConfigError(
                 f"input {spec.pattern} matches no image files (extensions: {','.join(extensions)})"

@@ -26,12 +26,15 @@ class SourceImage:
       relative: its path below the input root it was matched under.
       size_bytes: its size from the listing (refused before reading when too big).
       mask_path: its mask's path relative to OUT (``masks/...png``), once assigned.
+      refused: why the listing refuses to read it (a link leading outside its
+        input folder, a FIFO or socket); empty for a file the job may read.
     """
 
     path: str
     relative: str
     size_bytes: int = 0
     mask_path: str = ""
+    refused: str = ""
 
 
 @dataclass(frozen=True)
