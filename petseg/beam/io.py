@@ -13,8 +13,10 @@ Two rules keep every input accounted for and every write inside OUT:
 - **Collisions.** Inputs whose masks would share a path (``a.jpg`` and
   ``a.png`` in one folder, or the same relative path under two inputs) are
   grouped; the lexicographically smallest input path keeps the mask, each of
-  the others is reported as an error at stage ``match``. Nothing is silently
-  overwritten and the outcome does not depend on processing order.
+  the others is reported as an error at stage ``match``. A mask path that is
+  also the folder of other masks (``a.jpg`` beside a folder ``a.png/``) is
+  refused the same way. Nothing is silently overwritten and the outcome does
+  not depend on processing order.
 
 Local folders are listed by the job itself rather than by Beam's
 ``LocalFileSystem``, which silently drops links it cannot follow and lists
@@ -304,22 +306,58 @@ class MatchImages(beam.PTransform):
         )
 
 
+def _png_folders(mask_path: str) -> Iterator[str]:
+    # Only a folder named like a mask can clash with a mask, so only those are claimed.
+    parts = mask_path.split("/")
+    for end in range(2, len(parts)):
+        if parts[end - 1].endswith(".png"):
+            yield "/".join(parts[:end])
+
+
 class _KeyByMaskPathFn(beam.DoFn):
-    def process(self, source: SourceImage) -> Iterator[tuple[str, SourceImage]]:
+    """Keys sources by mask path; also claims each ``*.png`` folder a mask lies in.
+
+    A claim is ``(folder, path of the input whose mask lies below it)``.
+    """
+
+    def process(self, source: SourceImage) -> Iterator[tuple[str, SourceImage | str]]:
         try:
             if source.refused:
                 raise UnsafeFileError(source.refused)
-            yield mask_relative_path(source.relative), source
+            mask_path = mask_relative_path(source.relative)
         except (UnsafePathError, UnsafeFileError) as error:
             yield beam.pvalue.TaggedOutput(
                 ERRORS_TAG, ErrorRecord.from_exception(source.path, "match", error)
             )
+            return
+        yield mask_path, source
+        for folder in _png_folders(mask_path):
+            yield folder, source.path
 
 
 class _ResolveCollisionsFn(beam.DoFn):
-    def process(self, element: tuple[str, Iterable[SourceImage]]) -> Iterator[SourceImage]:
-        mask_path, sources = element
-        ordered = sorted(sources, key=lambda source: source.path)
+    def process(self, element: tuple[str, Iterable[SourceImage | str]]) -> Iterator[SourceImage]:
+        mask_path, claims = element
+        claims = list(claims)
+        ordered = sorted(
+            (claim for claim in claims if isinstance(claim, SourceImage)),
+            key=lambda source: source.path,
+        )
+        if not ordered:
+            return
+        folder_of = sorted(claim for claim in claims if isinstance(claim, str))
+        if folder_of:
+            # The folder holds other inputs' masks; the one file cannot take its name.
+            for loser in ordered:
+                error = MaskCollisionError(
+                    f"its mask {mask_path} is the folder holding the mask of {folder_of[0]}"
+                    + (f" and {len(folder_of) - 1} more" if len(folder_of) > 1 else "")
+                    + "; rename one of them or segment it separately"
+                )
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS_TAG, ErrorRecord.from_exception(loser.path, "match", error)
+                )
+            return
         winner = ordered[0]
         yield SourceImage(winner.path, winner.relative, winner.size_bytes, mask_path)
         for loser in ordered[1:]:
