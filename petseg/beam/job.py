@@ -2,8 +2,9 @@
 
 Everything that can be known to be wrong on the submitting machine is
 refused here with one clear sentence: flags out of range, a model folder
-that is not a petseg export, inputs that match nothing, an output that
-cannot be written or that overlaps an input. A fleet of workers is never
+that is not a petseg export or whose SavedModel disagrees with its
+``petseg.json``, inputs that match nothing, an output that cannot be
+written or that overlaps an input. A fleet of workers is never
 started to discover a typo.
 """
 
@@ -166,13 +167,14 @@ def prepare_job(
 ) -> SegmentJob:
     """Checks a configuration and resolves it into a :class:`SegmentJob`.
 
-    Cheap checks come first, so a wrong flag is reported before any listing.
+    Cheap checks come first, so a wrong flag is reported before any listing;
+    the model is loaded last and checked against its ``petseg.json``.
 
     Raises:
       SegmentConfigError: the first problem found.
     """
     from petseg.beam.io import DEFAULT_EXTENSIONS
-    from petseg.export import ExportError, read_model_info
+    from petseg.export import ExportError, load_serving_model, read_model_info
 
     _check_positive("--max-batch-size", max_batch_size)
     _check_positive("--min-batch-size", min_batch_size)
@@ -201,6 +203,13 @@ def prepare_job(
     matched = count_matches(specs, extension_list)
     output_location = normalise_location(output)
     check_output(output_location, specs)
+    # Last, as the slowest check: load the SavedModel once here, so a model whose
+    # input size or class count disagrees with petseg.json is refused before any
+    # worker starts, rather than failing every bundle on every worker.
+    try:
+        load_serving_model(model_location)
+    except ExportError as error:
+        raise SegmentConfigError(str(error)) from None
     return SegmentJob(
         inputs=specs,
         model=model,
