@@ -10,6 +10,8 @@ so one bad file never crashes an epoch.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -45,6 +47,25 @@ def lookup_table(value_map: Mapping[int, int]) -> np.ndarray:
     return table
 
 
+def read_regular_file(path: str) -> bytes:
+    """A file's bytes, refusing FIFOs, sockets and devices (reading a FIFO blocks forever).
+
+    Raises:
+      OSError: the file cannot be read (missing, a broken or looping link, denied).
+      ImageDecodeError: the path is not a regular file.
+    """
+    with open(path, "rb", opener=_open_nonblocking) as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ImageDecodeError(f"{path} is not a regular file")
+        return file.read()
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    # O_NONBLOCK lets a FIFO without a writer open at once instead of hanging the
+    # epoch; it changes nothing for regular files.
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
 def read_pair(
     example: LabelledFile, table: np.ndarray, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -57,10 +78,8 @@ def read_pair(
       ImageDecodeError: either file is unreadable, sizes differ, or the mask
         holds values the mapping does not know.
     """
-    with open(example.image_path, "rb") as file:
-        image = decode_image(file.read())
-    with open(example.mask_path, "rb") as file:
-        raw = decode_mask(file.read())
+    image = decode_image(read_regular_file(example.image_path))
+    raw = decode_mask(read_regular_file(example.mask_path))
     if raw.shape != image.shape[:2]:
         raise ImageDecodeError(
             f"mask is {raw.shape[1]}x{raw.shape[0]} but image is {image.shape[1]}x{image.shape[0]}"
@@ -113,11 +132,12 @@ def files_dataset(
             path, reason = bad[0]
             raise DataSourceError(f"{len(bad)} bad image/label pair(s), first {path}: {reason}")
 
-    image_paths = [example.image_path for example in examples]
-    mask_paths = [example.mask_path for example in examples]
+    # As bytes: a file name that is not valid UTF-8 cannot become a tf.string otherwise.
+    image_paths = [os.fsencode(example.image_path) for example in examples]
+    mask_paths = [os.fsencode(example.mask_path) for example in examples]
 
     def load(image_path: bytes, mask_path: bytes):
-        example = LabelledFile(image_path.decode(), mask_path.decode())
+        example = LabelledFile(os.fsdecode(image_path), os.fsdecode(mask_path))
         try:
             image, mask = read_pair(example, table, image_size)
             return image, mask, True

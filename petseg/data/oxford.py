@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import tensorflow as tf
 
 from petseg.data.files import DataSourceError, LabelledFile, files_dataset
+
+logger = logging.getLogger(__name__)
 
 # Trimaps store 1 pet, 2 background, 3 border; the class index is trimap - 1.
 TRIMAP_TO_CLASS = {1: 0, 2: 1, 3: 2}
@@ -53,9 +56,19 @@ def oxford_examples(root: str, split: str = "trainval") -> list[LabelledFile]:
         )
         for name in names
     ]
+    # lexists, not isfile: a broken link or a FIFO is kept, so reading it reports
+    # the pair as bad instead of dropping it without a word.
     present = [
-        ex for ex in examples if os.path.isfile(ex.image_path) and os.path.isfile(ex.mask_path)
+        ex for ex in examples if os.path.lexists(ex.image_path) and os.path.lexists(ex.mask_path)
     ]
+    if len(present) < len(examples):
+        logger.warning(
+            "%d of the %d images listed for split %r have no image or trimap file under %s",
+            len(examples) - len(present),
+            len(examples),
+            split,
+            root,
+        )
     if not present:
         raise DataSourceError(f"no image/trimap pairs found for split {split!r} under {root}")
     return present

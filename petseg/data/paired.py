@@ -66,7 +66,9 @@ def _stems(folder: str, strip_suffixes: bool) -> tuple[dict[str, str], list[str]
         stem, extension = os.path.splitext(name)
         if name.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS:
             continue
-        if not os.path.isfile(path):
+        # Folders are skipped; anything else, even a broken link, FIFO or unreadable
+        # file, stays a candidate so that reading it reports the problem.
+        if os.path.isdir(path):
             continue
         if strip_suffixes:
             for suffix in MASK_SUFFIXES:
