@@ -89,6 +89,22 @@ def shared_tiny_model(tmp_path_factory) -> pathlib.Path:
     return export_dir
 
 
+def expected_mask(model, data: bytes, batch_size: int) -> np.ndarray:
+    """What the model gives directly for one file: the job's decode, resize, fixed-shape
+    batch (padded with zeros to ``batch_size``), upsample and argmax, without Beam."""
+    import tensorflow as tf
+
+    from petseg.beam.postprocess import segment
+    from petseg.imageio import decode_image, resize_image
+
+    image = decode_image(data)
+    batch = np.zeros((batch_size, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
+    batch[0] = resize_image(image, MODEL_SIZE)
+    probabilities = model(images=tf.constant(batch))["probabilities"].numpy()[0]
+    mask, _ = segment(probabilities, image.shape[0], image.shape[1])
+    return mask
+
+
 def snapshot(output: pathlib.Path) -> dict[str, bytes]:
     """Every mask, overlay, statistics and errors file below ``output``, by relative path."""
     return {

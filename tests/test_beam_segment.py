@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 
 from beam_jobs import segment as segment_job
-from petseg.beam.postprocess import segment
 from petseg.classes import CLASS_COLOURS, CLASS_NAMES
 from petseg.export import load_serving_model
-from petseg.imageio import decode_image, resize_image
+from petseg.imageio import decode_image
 from tests.beam_helpers import (
     BAD_IMAGES,
     COLLISION_LOSERS,
     GOOD_IMAGES,
     MODEL_ID,
+    expected_mask,
     shared_tiny_model,
     snapshot,
     write_image_tree,
@@ -65,14 +65,7 @@ def direct_run(tree, model_dir, tmp_path_factory):
 
 def _expected_mask(model, path: pathlib.Path) -> np.ndarray:
     """What the model gives directly: same decode, resize, fixed batch, upsample and argmax."""
-    import tensorflow as tf
-
-    image = decode_image(path.read_bytes())
-    batch = np.zeros((BATCH, 64, 64, 3), np.uint8)
-    batch[0] = resize_image(image, 64)
-    probabilities = model(images=tf.constant(batch))["probabilities"].numpy()[0]
-    mask, _ = segment(probabilities, image.shape[0], image.shape[1])
-    return mask
+    return expected_mask(model, path.read_bytes(), BATCH)
 
 
 def _read_lines(folder: pathlib.Path) -> list[dict]:
