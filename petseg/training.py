@@ -114,7 +114,7 @@ def model_confusion(model: keras.Model, batches: tf.data.Dataset) -> np.ndarray:
     matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
     for batch in batches:
         images, masks = batch[0], batch[1]
-        predicted = np.argmax(model.predict_on_batch(images), axis=-1)
+        predicted = np.argmax(keras.ops.convert_to_numpy(model(images, training=False)), axis=-1)
         matrix += confusion_matrix(masks.numpy()[..., 0], predicted, NUM_CLASSES)
     return matrix
 
@@ -130,7 +130,7 @@ def final_evaluation(
     if data.eval_files:
 
         def predict(images: np.ndarray) -> np.ndarray:
-            logits = model.predict_on_batch(images.astype(np.float32))
+            logits = model(images.astype(np.float32), training=False)
             return tf.nn.softmax(logits, axis=-1).numpy()
 
         matrix, _ = evaluate_examples(
