@@ -52,7 +52,9 @@ def upsample_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
         )
     if tuple(probabilities.shape[-3:-1]) == (height, width):
         return probabilities.numpy()
-    return tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
+    # Pinned to the CPU so a GPU worker writes the same masks as a CPU one.
+    with tf.device("/CPU:0"):
+        return tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
 
 
 def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -65,9 +67,6 @@ def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) ->
     Returns:
       uint8 class indices ``[height, width]`` (or ``[N, height, width]``).
     """
-    probabilities = tf.convert_to_tensor(probabilities, tf.float32)
     if size is not None:
-        height, width = _check_size(size)
-        if tuple(probabilities.shape[-3:-1]) != (height, width):
-            probabilities = tf.image.resize(probabilities, (height, width), method="bilinear")
-    return tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8).numpy()
+        probabilities = upsample_probabilities(probabilities, size)
+    return np.argmax(probabilities, axis=-1).astype(np.uint8)
