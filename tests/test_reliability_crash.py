@@ -1,0 +1,161 @@
+"""Crash safety: the job is killed (SIGKILL) mid-run, then rerun into the same OUT.
+
+A killed run must leave no partial file under a final name: every mask
+present decodes fully and is byte-identical to an uninterrupted run's, and
+the temporary files a write leaves behind (``.NAME.tmp-HEX`` beside the
+mask) do not look like masks. The rerun must then complete with masks,
+statistics and errors byte-identical to an uninterrupted run into a fresh
+folder, and the same summary apart from its timing fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from beam_jobs import segment as segment_job
+from petseg.beam.write import TEMP_MARKER
+from tests.beam_helpers import shared_tiny_model, snapshot
+from tests.images import gradient, jpeg
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+IMAGES = 240
+BAD_FILES = {"bad/empty.jpg": b"", "bad/text.png": b"not an image\n"}
+BATCH = 4
+# Kill once this share of the masks exists: the first mask, then further in.
+KILL_POINTS = {"first-mask": 0.0, "a-third": 0.33, "two-thirds": 0.66}
+TIMING_FIELDS = ("wall_time_s", "images_per_second")
+TEMPORARY = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"[0-9a-f]{32}$")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return shared_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("crash") / "in"
+    card = gradient(320, 240)
+    for index in range(IMAGES):
+        path = root / f"part{index % 4}" / f"photo{index:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = card if index % 2 else card[::-1]
+        path.write_bytes(jpeg(((pixels.astype(int) + index) % 256).astype("uint8")))
+    for relative, data in BAD_FILES.items():
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    return root
+
+
+def _argv(inputs, model_dir, output) -> list[str]:
+    return [
+        "--input",
+        str(inputs),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(output),
+        "--max-batch-size",
+        str(BATCH),
+        "--progress-interval",
+        "0",
+    ]
+
+
+def _summary_without_timing(output: pathlib.Path) -> dict:
+    summary = json.loads((output / "summary.json").read_text())
+    return {key: value for key, value in summary.items() if key not in TIMING_FIELDS}
+
+
+def _final_masks(output: pathlib.Path) -> list[pathlib.Path]:
+    return [
+        path
+        for path in (output / "masks").rglob("*.png")
+        if path.is_file() and not TEMPORARY.match(path.name)
+    ]
+
+
+def _without_temporaries(files: dict[str, bytes]) -> dict[str, bytes]:
+    return {name: data for name, data in files.items() if not TEMPORARY.match(name.split("/")[-1])}
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, model_dir, tmp_path_factory):
+    """An uninterrupted run into a fresh folder."""
+    output = tmp_path_factory.mktemp("crash-reference") / "out"
+    summary = segment_job.run(_argv(inputs, model_dir, output))
+    assert summary["masks_written"] == IMAGES and summary["failed"] == len(BAD_FILES)
+    return output
+
+
+def _start_and_kill(inputs, model_dir, output, share: float) -> int:
+    """Starts the job in a subprocess and SIGKILLs it once ``share`` of the masks exist.
+
+    Returns the number of final masks present when it was killed.
+    """
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "beam_jobs.segment", *_argv(inputs, model_dir, output)],
+        cwd=REPO,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    threshold = max(1, int(share * IMAGES))
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"the job finished (exit {process.returncode}) before it was killed")
+            if (output / "masks").is_dir() and len(_final_masks(output)) >= threshold:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail(f"fewer than {threshold} masks after 240 s")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+    return len(_final_masks(output))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_killed_run_leaves_no_partial_output_and_rerun_completes(
+    kill_point, inputs, model_dir, reference, tmp_path
+):
+    output = tmp_path / "out"
+    present = _start_and_kill(inputs, model_dir, output, KILL_POINTS[kill_point])
+    assert 0 < present < IMAGES
+    assert not (output / "summary.json").exists()
+
+    expected = snapshot(reference)
+    killed = snapshot(output)
+    for name, data in killed.items():
+        base = name.split("/")[-1]
+        if TEMPORARY.match(base):
+            # A write cut short: hidden, and not named like a mask (or anything else).
+            assert not base.endswith((".png", ".jsonl", ".json")), name
+            continue
+        # Anything under a final name is complete: the very bytes of the reference.
+        assert data == expected[name], name
+        if name.endswith(".png"):
+            with Image.open(output / name) as image:
+                image.load()
+
+    summary = segment_job.run(_argv(inputs, model_dir, output))
+    assert summary["reconciliation"]["ok"] and summary["masks_written"] == IMAGES
+    assert _without_temporaries(snapshot(output)) == expected
+    assert _summary_without_timing(output) == _summary_without_timing(reference)
