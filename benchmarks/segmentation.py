@@ -38,6 +38,19 @@ def model_limit(export_dir: str, batch_size: int, batches: int, repeats: int) ->
     return {"images_per_second": median(rates), "runs": rates, "batch_size": batch_size}
 
 
+def _job_flags(input_dir: str, export_dir: str, output: str) -> list[str]:
+    return [
+        "--input",
+        input_dir,
+        "--model",
+        export_dir,
+        "--output",
+        output,
+        "--progress-interval",
+        "0",
+    ]
+
+
 def job(input_dir: str, export_dir: str, count: int, repeats: int, extra: list[str]) -> dict:
     """Images/s of ``beam_jobs.segment`` end to end (wall time from submit to summary)."""
     from beam_jobs import segment
@@ -47,19 +60,7 @@ def job(input_dir: str, export_dir: str, count: int, repeats: int, extra: list[s
         output = tempfile.mkdtemp(prefix="petseg-bench-out-")
         try:
             started = time.perf_counter()
-            summary = segment.run(
-                [
-                    "--input",
-                    input_dir,
-                    "--model",
-                    export_dir,
-                    "--output",
-                    output,
-                    "--progress-interval",
-                    "0",
-                    *extra,
-                ]
-            )
+            summary = segment.run([*_job_flags(input_dir, export_dir, output), *extra])
             seconds = time.perf_counter() - started
         finally:
             shutil.rmtree(output, ignore_errors=True)
@@ -100,19 +101,7 @@ def job_peak_memory(input_dir: str, export_dir: str) -> float:
     output = tempfile.mkdtemp(prefix="petseg-bench-rss-")
     try:
         mib, _ = peak_rss_mib(
-            [
-                sys.executable,
-                "-m",
-                "beam_jobs.segment",
-                "--input",
-                input_dir,
-                "--model",
-                export_dir,
-                "--output",
-                output,
-                "--progress-interval",
-                "0",
-            ]
+            [sys.executable, "-m", "beam_jobs.segment", *_job_flags(input_dir, export_dir, output)]
         )
     finally:
         shutil.rmtree(output, ignore_errors=True)
