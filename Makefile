@@ -38,7 +38,9 @@ bench: $(STAMP)
 accuracy: $(STAMP)
 	$(BIN)/python train.py --data-dir $(PETSEG_OXFORD_SAMPLE) \
 	  --encoder-weights $(PETSEG_ENCODER_WEIGHTS) --workdir runs/accuracy \
-	  --image-size 224 --epochs 25 --fine-tune-epochs 25 --batch-size 16
+	  --image-size 128 --batch-size 8 --epochs 3 --fine-tune-epochs 30 \
+	  --learning-rate 1e-3 --fine-tune-learning-rate 2e-4 --lr-schedule cosine \
+	  --min-crop-scale 0.7 --colour-jitter 0.1 --validation-freq 5
 	$(BIN)/python train.py evaluate --model runs/accuracy/export \
 	  --data-dir $(PETSEG_OXFORD_SAMPLE) --split test
 

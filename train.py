@@ -180,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="mixed_float16 on GPU, mixed_bfloat16 on CPU (float32 logits)",
     )
     devices.add_argument(
+        "--validation-freq",
+        type=int,
+        default=DEFAULTS.validation_freq,
+        help="evaluate on the full evaluation split every N epochs",
+    )
+    devices.add_argument(
         "--plot-examples",
         type=int,
         default=DEFAULTS.plot_examples,

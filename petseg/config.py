@@ -58,6 +58,8 @@ class TrainConfig:
       mixed_precision: float16 (GPU) or bfloat16 (CPU) compute, float32 weights.
       gpus: GPUs to use: None for all visible, ``"N"`` for the first N
         (``"0"``: CPU only), or a list of indices ``"0,2"``.
+      validation_freq: run the full evaluation split every this many epochs
+        (1: every epoch; the final evaluation always runs).
       plot_examples: validation images drawn in each epoch's prediction panel.
       seed: seed of weights initialisation, shuffling and augmentation.
       strict: read every data file before training and refuse bad ones.
@@ -91,6 +93,7 @@ class TrainConfig:
     shuffle_buffer: int = 1000
     mixed_precision: bool = False
     gpus: str | None = None
+    validation_freq: int = 1
     plot_examples: int = 3
     seed: int = 0
     strict: bool = False

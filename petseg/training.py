@@ -151,6 +151,7 @@ def _fit_phase(
     train: tf.data.Dataset,
     validation: tf.data.Dataset,
     steps_per_epoch: int,
+    validation_freq: int,
     first_epoch: int,
     last_epoch: int,
     callbacks: list[keras.callbacks.Callback],
@@ -158,15 +159,22 @@ def _fit_phase(
     # BackupAndRestore moves the start forward through this attribute; clear
     # any value left by an earlier phase so each fit starts where it says.
     model._initial_epoch = None
-    model.fit(
-        train,
-        epochs=last_epoch,
-        initial_epoch=first_epoch,
-        steps_per_epoch=steps_per_epoch,
-        validation_data=validation,
-        callbacks=callbacks,
-        verbose=2,
-    )
+    with warnings.catch_warnings():
+        # Epochs without validation (validation_freq > 1) have nothing to compare.
+        warnings.filterwarnings("ignore", message="Can save best model only with")
+        # File sources skip unreadable pairs, so the evaluation split's length is
+        # unknown to Keras, which then calls its normal end "running out of data".
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        model.fit(
+            train,
+            epochs=last_epoch,
+            initial_epoch=first_epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation,
+            validation_freq=validation_freq,
+            callbacks=callbacks,
+            verbose=2,
+        )
 
 
 def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
@@ -262,7 +270,14 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
         # will restore the weights; otherwise its fit restores them (or trains).
         if done < config.epochs or not config.fine_tune_epochs:
             _fit_phase(
-                model, train, validation, steps_per_epoch, 0, config.epochs, callbacks("frozen")
+                model,
+                train,
+                validation,
+                steps_per_epoch,
+                config.validation_freq,
+                0,
+                config.epochs,
+                callbacks("frozen"),
             )
         if config.fine_tune_epochs:
             with strategy.scope():
@@ -282,6 +297,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
                     train,
                     validation,
                     steps_per_epoch,
+                    config.validation_freq,
                     config.epochs,
                     config.total_epochs,
                     callbacks("fine-tune"),
