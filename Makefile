@@ -40,7 +40,8 @@ accuracy: $(STAMP)
 	  --encoder-weights $(PETSEG_ENCODER_WEIGHTS) --workdir runs/accuracy \
 	  --image-size 128 --batch-size 8 --epochs 3 --fine-tune-epochs 30 \
 	  --learning-rate 1e-3 --fine-tune-learning-rate 2e-4 --lr-schedule cosine \
-	  --min-crop-scale 0.7 --colour-jitter 0.1 --validation-freq 5
+	  --min-crop-scale 0.7 --colour-jitter 0.1 --validation-freq 5 \
+	  --serve-image-size 160 --tta-flip
 	$(BIN)/python train.py evaluate --model runs/accuracy/export \
 	  --data-dir $(PETSEG_OXFORD_SAMPLE) --split test
 

@@ -91,6 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="encoder initialisation: Keras' ImageNet download, random, or a local .h5 file",
     )
     model.add_argument("--dropout", type=float, default=DEFAULTS.dropout, help="decoder dropout")
+    model.add_argument(
+        "--serve-image-size",
+        type=int,
+        default=DEFAULTS.serve_image_size,
+        help="input side of the exported model (default: --image-size); a multiple of 32",
+    )
+    model.add_argument(
+        "--tta-flip",
+        action="store_true",
+        help="the exported model averages each image with its mirror image (2x inference cost)",
+    )
 
     schedule = parser.add_argument_group("optimisation")
     schedule.add_argument(

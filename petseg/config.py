@@ -37,7 +37,11 @@ class TrainConfig:
       mask_values: stored mask value -> class index for paired masks, e.g. ``"0:1,255:0"``.
       val_fraction: share of paired examples held out for evaluation.
       synthetic_count: number of synthetic training examples (evaluation gets a quarter).
-      image_size: model input side S, a multiple of 32.
+      image_size: model input side S during training, a multiple of 32.
+      serve_image_size: the exported model's input side (None: ``image_size``);
+        the trained weights run at any multiple of 32.
+      tta_flip: the export averages each image's probabilities with its
+        mirror image's (test-time augmentation).
       alpha: MobileNetV2 width multiplier.
       encoder_weights: ``imagenet``, ``none`` or a local ``.h5`` path.
       dropout: dropout rate in the decoder blocks.
@@ -74,6 +78,8 @@ class TrainConfig:
     val_fraction: float = 0.2
     synthetic_count: int = 64
     image_size: int = 128
+    serve_image_size: int | None = None
+    tta_flip: bool = False
     alpha: float = 1.0
     encoder_weights: str = "imagenet"
     dropout: float = 0.0
@@ -117,6 +123,11 @@ class TrainConfig:
         require(
             self.image_size >= 32 and self.image_size % 32 == 0,
             f"image size must be a multiple of 32 and at least 32, got {self.image_size}",
+        )
+        require(
+            self.serve_image_size is None
+            or (self.serve_image_size >= 32 and self.serve_image_size % 32 == 0),
+            f"serve image size must be a multiple of 32 and at least 32, got {self.serve_image_size}",
         )
         require(
             self.alpha in VALID_ALPHAS, f"alpha must be one of {VALID_ALPHAS}, got {self.alpha}"
@@ -188,6 +199,11 @@ class TrainConfig:
         require(
             self.plot_examples >= 0, f"plot examples must be 0 or more, got {self.plot_examples}"
         )
+
+    @property
+    def serving_size(self) -> int:
+        """The exported model's input side."""
+        return self.serve_image_size or self.image_size
 
     @property
     def total_epochs(self) -> int:

@@ -50,23 +50,39 @@ def package_versions() -> dict[str, str]:
 
 
 def serving_function(
-    model: keras.Model, image_size: int
+    model: keras.Model, image_size: int, flip_tta: bool = False
 ) -> tf.types.experimental.PolymorphicFunction:
-    """The ``serving_default`` function of the contract, wrapping ``model``."""
+    """The ``serving_default`` function of the contract, wrapping ``model``.
+
+    Args:
+      model: the U-Net, taking ``[N, image_size, image_size, 3]``.
+      image_size: the signature's side S.
+      flip_tta: average the probabilities of each image and of its mirror
+        image (test-time augmentation; twice the compute, sharper borders).
+    """
+
+    def probabilities_of(images):
+        logits = model(images, training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
     @tf.function(
         input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]
     )
     def serve(images):
-        logits = model(tf.cast(images, tf.float32), training=False)
-        probabilities = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+        pixels = tf.cast(images, tf.float32)
+        probabilities = probabilities_of(pixels)
+        if flip_tta:
+            mirrored = probabilities_of(tf.reverse(pixels, axis=[2]))
+            probabilities = (probabilities + tf.reverse(mirrored, axis=[2])) / 2.0
         mask = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
         return {"probabilities": probabilities, "mask": mask}
 
     return serve
 
 
-def export_model(model: keras.Model, export_dir: str, metadata: dict[str, Any]) -> str:
+def export_model(
+    model: keras.Model, export_dir: str, metadata: dict[str, Any], flip_tta: bool = False
+) -> str:
     """Writes the SavedModel, ``model.keras`` and ``petseg.json`` to ``export_dir``.
 
     The export is assembled in a sibling temporary folder and renamed into
@@ -77,6 +93,7 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict[str, Any]) 
       model: a U-Net from :func:`petseg.model.build_unet`.
       export_dir: destination folder (replaced if it exists).
       metadata: extra ``petseg.json`` fields (class names, config, metrics...).
+      flip_tta: serve the average of each image's and its mirror's probabilities.
 
     Returns:
       ``export_dir``.
@@ -89,13 +106,14 @@ def export_model(model: keras.Model, export_dir: str, metadata: dict[str, Any]) 
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)
-        archive.add_endpoint(SIGNATURE, serving_function(model, image_size))
+        archive.add_endpoint(SIGNATURE, serving_function(model, image_size, flip_tta))
         archive.write_out(staging, verbose=False)
         model.save(os.path.join(staging, KERAS_FILE))
         document = {
             "format_version": FORMAT_VERSION,
             "image_size": image_size,
             "num_classes": num_classes,
+            "test_time_augmentation": ["horizontal_flip"] if flip_tta else [],
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
             **metadata,

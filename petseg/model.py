@@ -174,3 +174,28 @@ def set_encoder_trainable(model: keras.Model, trainable: bool, fine_tune_from: s
     first = names.index(fine_tune_from)
     for layer in encoder.layers[:first]:
         layer.trainable = False
+
+
+def resize_unet(model: keras.Model, image_size: int, alpha: float, dropout: float = 0.0):
+    """The same trained network at another input size, weights copied.
+
+    Every layer is convolutional, so the weights fit any size that is a
+    multiple of 32; a model trained on random crops often scores better
+    served at a somewhat larger size than it was trained at.
+
+    Args:
+      model: a model from :func:`build_unet`.
+      image_size: the new input side.
+      alpha: the width multiplier ``model`` was built with.
+      dropout: the decoder dropout ``model`` was built with.
+    """
+    resized = build_unet(
+        image_size,
+        int(model.output_shape[-1]),
+        alpha,
+        encoder_weights=None,
+        dropout=dropout,
+        name=model.name,
+    )
+    resized.set_weights(model.get_weights())
+    return resized

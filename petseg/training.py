@@ -50,7 +50,7 @@ from petseg.distribute import (
     uses_gpu,
 )
 from petseg.evaluate import evaluate_examples
-from petseg.export import export_model
+from petseg.export import export_model, serving_function
 from petseg.inputs import Datasets, load_datasets
 from petseg.metrics import (
     confusion_matrix,
@@ -58,7 +58,7 @@ from petseg.metrics import (
     metrics_from_confusion,
     segmentation_metrics,
 )
-from petseg.model import build_unet, set_encoder_trainable
+from petseg.model import build_unet, resize_unet, set_encoder_trainable
 from petseg.plots import save_confusion_matrix, save_curves
 
 logger = logging.getLogger(__name__)
@@ -120,21 +120,22 @@ def model_confusion(model: keras.Model, batches: tf.data.Dataset) -> np.ndarray:
 
 
 def final_evaluation(
-    model: keras.Model, config: TrainConfig, data: Datasets, batch_size: int
+    serve, model: keras.Model, config: TrainConfig, data: Datasets, batch_size: int
 ) -> tuple[np.ndarray, str]:
     """Confusion matrix on the full evaluation split, and at which resolution.
 
-    File-based splits are scored at each image's original resolution, exactly
-    as ``train.py evaluate`` scores the export; generated ones at the model's size.
+    File-based splits are scored at each image's original resolution through
+    the serving function that is about to be exported (its size and test-time
+    augmentation included), exactly as ``train.py evaluate`` scores the
+    export; generated ones at the model's size.
     """
     if data.eval_files:
 
         def predict(images: np.ndarray) -> np.ndarray:
-            logits = model(images.astype(np.float32), training=False)
-            return tf.nn.softmax(logits, axis=-1).numpy()
+            return serve(tf.constant(images, tf.uint8))["probabilities"].numpy()
 
         matrix, _ = evaluate_examples(
-            predict, data.eval_files, config.image_size, data.value_map, NUM_CLASSES
+            predict, data.eval_files, config.serving_size, data.value_map, NUM_CLASSES
         )
         return matrix, "original"
     return model_confusion(model, eval_batches(data.eval, batch_size)), "model"
@@ -303,7 +304,11 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
                     callbacks("fine-tune"),
                 )
 
-        matrix, resolution = final_evaluation(model, config, data, batch_size)
+        serving_model = model
+        if config.serving_size != config.image_size:
+            serving_model = resize_unet(model, config.serving_size, config.alpha, config.dropout)
+        serve = serving_function(serving_model, config.serving_size, config.tta_flip)
+        matrix, resolution = final_evaluation(serve, model, config, data, batch_size)
         metrics = metrics_from_confusion(matrix, CLASS_NAMES)
         logger.info("final evaluation (%s resolution): %s", resolution, format_metrics(metrics))
         history = read_history(paths.history_csv) or previous
@@ -321,12 +326,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
         model_id = _model_id(config)
         evaluation = {**metrics, "split": data.eval_split, "resolution": resolution}
         export_model(
-            model,
+            serving_model,
             paths.export,
             {
                 "model_id": model_id,
                 "class_names": list(CLASS_NAMES),
-                "image_size": config.image_size,
+                "image_size": config.serving_size,
+                "trained_image_size": config.image_size,
                 "encoder": ENCODER,
                 "alpha": config.alpha,
                 "config": config.to_dict(),
@@ -339,6 +345,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
                     "data": data.description,
                 },
             },
+            flip_tta=config.tta_flip,
         )
     # Only now is the run complete: a kill before this line resumes, after it restarts.
     shutil.rmtree(paths.backup, ignore_errors=True)

@@ -87,3 +87,24 @@ def test_saved_model_in_a_fresh_process_matches_keras(tmp_path):
     serve, _ = load_serving_model(export_dir)
     here = serve(images=images)["probabilities"].numpy()
     assert np.abs(here - expected).max() < 1e-4
+
+
+def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
+    from petseg.export import export_model
+
+    keras.utils.set_random_seed(3)
+    model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
+    export_dir = export_model(
+        model,
+        str(tmp_path / "export"),
+        {"class_names": ["pet", "background", "border"]},
+        flip_tta=True,
+    )
+    serve, info = load_serving_model(export_dir)
+    images = np.random.default_rng(4).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    served = serve(images=images)["probabilities"].numpy()
+    plain = keras.ops.softmax(model(images.astype(np.float32))).numpy()
+    mirrored = keras.ops.softmax(model(images[:, :, ::-1].astype(np.float32))).numpy()[:, :, ::-1]
+    np.testing.assert_allclose(served, (plain + mirrored) / 2, atol=1e-5)
+    assert np.abs(served - plain).max() > 1e-3  # the mirror really changed something
+    assert info.metadata["test_time_augmentation"] == ["horizontal_flip"]

@@ -135,3 +135,10 @@ def test_dropout_blocks_are_present_when_asked():
     model = unet.build_unet(32, alpha=0.35, encoder_weights=None, dropout=0.3)
     dropouts = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert len(dropouts) == 4 and all(layer.rate == 0.3 for layer in dropouts)
+
+
+def test_resized_unet_carries_the_trained_weights(tiny):
+    resized = unet.resize_unet(tiny, 96, alpha=0.35)
+    assert resized.input_shape == (None, 96, 96, 3) and resized.output_shape == (None, 96, 96, 3)
+    for original, copied in zip(tiny.get_weights(), resized.get_weights(), strict=True):
+        np.testing.assert_array_equal(original, copied)

@@ -179,3 +179,43 @@ def test_mixed_precision_trains_in_bfloat16_on_cpu_and_resets_the_policy(tmp_pat
         reloaded.get_layer("decoder_block_1_conv_transpose").dtype_policy.name == "mixed_bfloat16"
     )
     assert reloaded.get_layer("logits").dtype_policy.name == "float32"
+
+
+@pytest.mark.slow
+def test_export_at_a_larger_size_with_flip_averaging_is_scored_as_served(tmp_path):
+    from PIL import Image
+
+    from petseg.data import synthetic_example
+    from petseg.evaluate import evaluate_export
+    from petseg.export import read_model_info
+    from petseg.training import train_and_evaluate
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for index in range(10):
+        image, mask = synthetic_example(index, 80)
+        Image.fromarray(image).save(images / f"pet_{index}.png")
+        Image.fromarray(mask[:, :, 0]).save(masks / f"pet_{index}.png")
+    tiny = {**TINY, "dataset": "oxford_iiit_pet", "fine_tune_epochs": 0}
+    config = TrainConfig(
+        **tiny,
+        images_dir=str(images),
+        masks_dir=str(masks),
+        mask_values="0:0,1:1,2:2",
+        serve_image_size=64,
+        tta_flip=True,
+    )
+    result = train_and_evaluate(config, str(tmp_path / "run"))
+    info = read_model_info(result.export_dir)
+    assert info.image_size == 64 and info.metadata["trained_image_size"] == 32
+    assert info.metadata["test_time_augmentation"] == ["horizontal_flip"]
+    # The scores in petseg.json are the served model's, at original resolution.
+    assert info.metadata["metrics"]["resolution"] == "original"
+    scores = evaluate_export(
+        result.export_dir, images_dir=str(images), masks_dir=str(masks), mask_values="0:0,1:1,2:2"
+    )
+    held_out = info.metadata["metrics"]["pixels"]
+    assert held_out == 2 * 80 * 80
+    assert scores["pixels"] == 10 * 80 * 80  # evaluate scored every pair, not just the held-out
+    assert 0.0 <= scores["mean_iou"] <= 1.0
