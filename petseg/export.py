@@ -175,8 +175,59 @@ def read_model_info(export_dir: str) -> ModelInfo:
     return ModelInfo(export_dir, image_size, class_names, model_id, document)
 
 
+def check_export(export_dir: str) -> ModelInfo:
+    """Checks an export's signature against ``petseg.json`` without loading the model.
+
+    Reads only the SavedModel's protocol buffer (milliseconds, where loading
+    the functions takes seconds), so a driver can refuse a mismatched model
+    before any worker starts.
+
+    Raises:
+      ExportError: the export is unusable or disagrees with its metadata.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    info = read_model_info(export_dir)
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        with FileSystems.open(FileSystems.join(export_dir, "saved_model.pb")) as file:
+            saved_model.ParseFromString(file.read())
+        signatures = saved_model.meta_graphs[0].signature_def
+    except Exception as error:
+        raise ExportError(f"cannot read the SavedModel in {export_dir}: {error}") from None
+    if SIGNATURE not in signatures:
+        raise ExportError(f"{export_dir} has no {SIGNATURE!r} signature")
+    signature = signatures[SIGNATURE]
+    images = signature.inputs.get("images")
+    probabilities = signature.outputs.get("probabilities")
+    if (
+        images is None
+        or images.dtype != tf.uint8.as_datatype_enum
+        or probabilities is None
+        or "mask" not in signature.outputs
+    ):
+        raise ExportError(
+            f"{export_dir}: serving_default must take uint8 'images' and return "
+            "'probabilities' and 'mask'"
+        )
+    side = [dim.size for dim in images.tensor_shape.dim][1:3]
+    if side != [info.image_size, info.image_size]:
+        raise ExportError(
+            f"{export_dir}: the SavedModel takes {side[0]}x{side[1]} images but "
+            f"petseg.json says {info.image_size}"
+        )
+    model_classes = probabilities.tensor_shape.dim[-1].size
+    if model_classes != info.num_classes:
+        raise ExportError(
+            f"{export_dir}: the SavedModel outputs {model_classes} classes but petseg.json "
+            f"names {info.num_classes}"
+        )
+    return info
+
+
 def load_serving_model(export_dir: str) -> tuple[Any, ModelInfo]:
-    """Loads the SavedModel's serving function and checks it against ``petseg.json``.
+    """Loads the SavedModel's serving function, checked against ``petseg.json``.
 
     Returns:
       ``(serving_function, model_info)``; call the function with
@@ -185,33 +236,12 @@ def load_serving_model(export_dir: str) -> tuple[Any, ModelInfo]:
     Raises:
       ExportError: the export is unusable or disagrees with its metadata.
     """
-    info = read_model_info(export_dir)
+    info = check_export(export_dir)
     try:
         loaded = tf.saved_model.load(export_dir)
+        function = loaded.signatures[SIGNATURE]
     except Exception as error:
         raise ExportError(f"cannot load SavedModel {export_dir}: {error}") from None
-    if SIGNATURE not in loaded.signatures:
-        raise ExportError(f"{export_dir} has no {SIGNATURE!r} signature")
-    function = loaded.signatures[SIGNATURE]
-    spec = function.structured_input_signature[1].get("images")
-    outputs = function.structured_outputs
-    if spec is None or spec.dtype != tf.uint8 or {"probabilities", "mask"} - set(outputs):
-        raise ExportError(
-            f"{export_dir}: serving_default must take uint8 'images' and return "
-            "'probabilities' and 'mask'"
-        )
-    model_size = tuple(spec.shape[1:3])
-    if model_size != (info.image_size, info.image_size):
-        raise ExportError(
-            f"{export_dir}: the SavedModel takes {model_size[0]}x{model_size[1]} images but "
-            f"petseg.json says {info.image_size}"
-        )
-    model_classes = outputs["probabilities"].shape[-1]
-    if model_classes != info.num_classes:
-        raise ExportError(
-            f"{export_dir}: the SavedModel outputs {model_classes} classes but petseg.json "
-            f"names {info.num_classes}"
-        )
     # Keep the loaded object alive as long as the function is used.
     function._petseg_loaded = loaded
     return function, info

@@ -179,3 +179,16 @@ def test_evaluate_cli_reports_missing_data_in_one_line(tmp_path, tiny_export, ca
     assert (
         error.startswith("train.py evaluate: error:") and "not an Oxford-IIIT Pet folder" in error
     )
+
+
+def test_mask_and_confidence_equal_numpy_argmax_and_max_ties_included():
+    from petseg.postprocess import mask_and_confidence
+
+    rng = np.random.default_rng(5)
+    probabilities = rng.random((2, 7, 9, 3)).astype(np.float32)
+    probabilities[0, 0, 0] = [0.4, 0.4, 0.2]  # a tie goes to the lower index, as np.argmax
+    probabilities[0, 0, 1] = [0.2, 0.4, 0.4]
+    mask, confidence = mask_and_confidence(probabilities)
+    np.testing.assert_array_equal(mask, np.argmax(probabilities, axis=-1))
+    np.testing.assert_array_equal(confidence, np.max(probabilities, axis=-1))
+    assert mask.dtype == np.uint8 and (mask[0, 0, 0], mask[0, 0, 1]) == (0, 1)

@@ -174,7 +174,7 @@ def prepare_job(
       SegmentConfigError: the first problem found.
     """
     from petseg.beam.io import DEFAULT_EXTENSIONS
-    from petseg.export import ExportError, load_serving_model, read_model_info
+    from petseg.export import ExportError, check_export, read_model_info
 
     _check_positive("--max-batch-size", max_batch_size)
     _check_positive("--min-batch-size", min_batch_size)
@@ -203,11 +203,12 @@ def prepare_job(
     matched = count_matches(specs, extension_list)
     output_location = normalise_location(output)
     check_output(output_location, specs)
-    # Last, as the slowest check: load the SavedModel once here, so a model whose
-    # input size or class count disagrees with petseg.json is refused before any
-    # worker starts, rather than failing every bundle on every worker.
+    # Read the SavedModel's signature here (not the whole model: that takes
+    # seconds), so a model whose input size or class count disagrees with
+    # petseg.json is refused before any worker starts, rather than failing
+    # every bundle on every worker.
     try:
-        load_serving_model(model_location)
+        check_export(model_location)
     except ExportError as error:
         raise SegmentConfigError(str(error)) from None
     return SegmentJob(

@@ -15,7 +15,7 @@ from apache_beam.ml.inference.base import PredictionResult
 
 from petseg.beam.io import ERRORS_TAG
 from petseg.beam.records import ErrorRecord, ImageKey, Segmentation
-from petseg.postprocess import upsample_probabilities
+from petseg.postprocess import mask_and_confidence, upsample_probabilities
 
 
 def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:
@@ -23,9 +23,7 @@ def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndar
 
     The confidence of a pixel is the probability of the class it was given.
     """
-    full_size = upsample_probabilities(probabilities, (height, width))
-    mask = np.argmax(full_size, axis=-1).astype(np.uint8)
-    confidence = np.max(full_size, axis=-1)
+    mask, confidence = mask_and_confidence(upsample_probabilities(probabilities, (height, width)))
     return mask, float(np.mean(confidence, dtype=np.float64))
 
 
