@@ -1,0 +1,37 @@
+"""The demo: train, export, segment held-out images, score them and write the report."""
+
+import json
+
+import pytest
+
+from petseg import demo
+
+
+def test_plan_uses_real_photos_only_when_both_shared_files_exist(
+    tmp_path, oxford_sample, encoder_weights
+):
+    real = demo.plan(str(oxford_sample), str(encoder_weights), quick=False)
+    assert real.holdout_source == str(oxford_sample) and real.config.encoder_weights == str(
+        encoder_weights
+    )
+    assert real.config.tta_flip and real.config.serving_size == 160
+    synthetic = demo.plan(str(oxford_sample), str(tmp_path / "missing.h5"), quick=False)
+    assert synthetic.holdout_source is None and synthetic.config.dataset == "synthetic"
+    assert synthetic.config.encoder_weights == "none"
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("PETSEG_OXFORD_SAMPLE", raising=False)
+    monkeypatch.delenv("PETSEG_ENCODER_WEIGHTS", raising=False)
+    assert demo.main(["--workdir", str(tmp_path / "demo"), "--quick", "--holdout-count", "4"]) == 0
+    printed = capsys.readouterr().out
+    for line in ("model export", "masks", "report", "held-out scores", "4 masks written, 0 failed"):
+        assert line in printed
+    output = tmp_path / "demo" / "segmented"
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["matched"] == summary["masks_written"] == 4 and summary["reconciliation"]["ok"]
+    assert len(list((output / "masks").glob("*.png"))) == 4
+    assert (output / "report.html").stat().st_size > 10_000
+    scores = json.loads((tmp_path / "demo" / "holdout_scores.json").read_text())
+    assert scores["images"] == 4 and 0.0 <= scores["mean_iou"] <= 1.0
