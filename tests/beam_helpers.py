@@ -81,6 +81,23 @@ def write_image_tree(root: pathlib.Path) -> pathlib.Path:
     return root
 
 
+def job_argv(inputs, model_dir, output, *extra: str, batch_size: int = 4) -> list[str]:
+    """The segmentation job's flags for one input, quiet, at a fixed batch size."""
+    return [
+        "--input",
+        str(inputs),
+        "--model",
+        str(model_dir),
+        "--output",
+        str(output),
+        "--max-batch-size",
+        str(batch_size),
+        "--progress-interval",
+        "0",
+        *extra,
+    ]
+
+
 def shared_tiny_model(tmp_path_factory) -> pathlib.Path:
     """One tiny export per test session, whichever module asks first."""
     export_dir = tmp_path_factory.getbasetemp() / "beam-tiny-model"

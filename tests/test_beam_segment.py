@@ -23,6 +23,7 @@ from tests.beam_helpers import (
     GOOD_IMAGES,
     MODEL_ID,
     expected_mask,
+    job_argv,
     shared_tiny_model,
     snapshot,
     write_image_tree,
@@ -43,17 +44,7 @@ def tree(tmp_path_factory):
 
 
 def _argv(tree, model_dir, output, *extra):
-    return [
-        "--input",
-        str(tree),
-        "--model",
-        str(model_dir),
-        "--output",
-        str(output),
-        "--max-batch-size",
-        str(BATCH),
-        *extra,
-    ]
+    return job_argv(tree, model_dir, output, *extra, batch_size=BATCH)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from PIL import Image
 
 from petseg.beam.write import TEMP_MARKER
 from petseg.export import load_serving_model
-from tests.beam_helpers import expected_mask, shared_tiny_model
+from tests.beam_helpers import expected_mask, job_argv, shared_tiny_model
 from tests.corpus import (
     NOT_FOLLOWED,
     UNREADABLE_AS_ROOT,
@@ -69,16 +69,7 @@ def corpus_run(tmp_path_factory, model_dir):
         sys.executable,
         "-m",
         "beam_jobs.segment",
-        "--input",
-        str(corpus.root),
-        "--model",
-        str(model_dir),
-        "--output",
-        str(output),
-        "--max-batch-size",
-        str(BATCH),
-        "--progress-interval",
-        "0",
+        *job_argv(corpus.root, model_dir, output, batch_size=BATCH),
     ]
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     result = subprocess.run(

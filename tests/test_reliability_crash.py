@@ -24,7 +24,7 @@ from PIL import Image
 
 from beam_jobs import segment as segment_job
 from petseg.beam.write import TEMP_MARKER
-from tests.beam_helpers import shared_tiny_model, snapshot
+from tests.beam_helpers import job_argv, shared_tiny_model, snapshot
 from tests.images import gradient, jpeg
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,18 +58,7 @@ def inputs(tmp_path_factory):
 
 
 def _argv(inputs, model_dir, output) -> list[str]:
-    return [
-        "--input",
-        str(inputs),
-        "--model",
-        str(model_dir),
-        "--output",
-        str(output),
-        "--max-batch-size",
-        str(BATCH),
-        "--progress-interval",
-        "0",
-    ]
+    return job_argv(inputs, model_dir, output, batch_size=BATCH)
 
 
 def _summary_without_timing(output: pathlib.Path) -> dict:
