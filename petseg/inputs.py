@@ -24,9 +24,9 @@ from petseg.data import (
     TRIMAP_TO_CLASS,
     DataSourceError,
     LabelledFile,
+    checked_pairs,
     files_dataset,
     oxford_examples,
-    pair_folders,
     parse_value_map,
     synthetic_dataset,
     tfds_dataset,
@@ -116,31 +116,42 @@ def load_datasets(config: TrainConfig) -> Datasets:
         )
     if source == "paired":
         value_map = parse_value_map(config.mask_values)
-        report = pair_folders(config.images_dir, config.masks_dir)
-        if report.images_without_mask or report.masks_without_image or report.duplicate_stems:
-            if config.strict:
-                raise DataSourceError(f"unpaired files: {report.summary()}")
-            logger.warning("pairing %s: %s", config.images_dir, report.summary())
+        report = checked_pairs(config.images_dir, config.masks_dir, config.strict)
         train_pairs, eval_pairs = _split_pairs(report.pairs, config.val_fraction, config.seed)
-        return Datasets(
-            train=files_dataset(train_pairs, size, value_map, config.strict),
-            eval=files_dataset(eval_pairs, size, value_map, config.strict),
-            num_train=len(train_pairs),
-            num_eval=len(eval_pairs),
-            description=f"paired {config.images_dir} + {config.masks_dir}",
-            eval_split="held-out",
-            eval_files=tuple(eval_pairs),
-            value_map=value_map,
+        return _file_datasets(
+            config,
+            train_pairs,
+            eval_pairs,
+            value_map,
+            f"paired {config.images_dir} + {config.masks_dir}",
+            "held-out",
         )
-    train_files = oxford_examples(config.data_dir, "trainval")
-    eval_files = oxford_examples(config.data_dir, "test")
+    return _file_datasets(
+        config,
+        oxford_examples(config.data_dir, "trainval"),
+        oxford_examples(config.data_dir, "test"),
+        TRIMAP_TO_CLASS,
+        f"oxford folder {config.data_dir} trainval/test",
+        "test",
+    )
+
+
+def _file_datasets(
+    config: TrainConfig,
+    train_files: list[LabelledFile],
+    eval_files: list[LabelledFile],
+    value_map: Mapping[int, int],
+    description: str,
+    eval_split: str,
+) -> Datasets:
+    size = config.image_size
     return Datasets(
-        train=files_dataset(train_files, size, TRIMAP_TO_CLASS, config.strict),
-        eval=files_dataset(eval_files, size, TRIMAP_TO_CLASS, config.strict),
+        train=files_dataset(train_files, size, value_map, config.strict),
+        eval=files_dataset(eval_files, size, value_map, config.strict),
         num_train=len(train_files),
         num_eval=len(eval_files),
-        description=f"oxford folder {config.data_dir} trainval/test",
-        eval_split="test",
+        description=description,
+        eval_split=eval_split,
         eval_files=tuple(eval_files),
-        value_map=TRIMAP_TO_CLASS,
+        value_map=value_map,
     )

@@ -7,7 +7,13 @@ mask uint8 [S, S, 1])`` with class index = Oxford trimap value - 1
 
 from petseg.data.files import DataSourceError, LabelledFile, files_dataset
 from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_dataset, oxford_examples
-from petseg.data.paired import PairingReport, pair_folders, paired_dataset, parse_value_map
+from petseg.data.paired import (
+    PairingReport,
+    checked_pairs,
+    pair_folders,
+    paired_dataset,
+    parse_value_map,
+)
 from petseg.data.pipeline import AugmentConfig, augment_pair, eval_batches, train_batches
 from petseg.data.synthetic import synthetic_dataset, synthetic_example
 from petseg.data.tfds_source import tfds_dataset
@@ -19,6 +25,7 @@ __all__ = [
     "LabelledFile",
     "PairingReport",
     "augment_pair",
+    "checked_pairs",
     "eval_batches",
     "files_dataset",
     "oxford_dataset",

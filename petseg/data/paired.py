@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from petseg.data.files import DataSourceError, LabelledFile, files_dataset
+from petseg.imageio import IMAGE_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 MASK_SUFFIXES = ("_mask", "-mask", "_label", "_trimap")
 
 
@@ -64,7 +64,7 @@ def _stems(folder: str, strip_suffixes: bool) -> tuple[dict[str, str], list[str]
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
         stem, extension = os.path.splitext(name)
-        if name.startswith(".") or extension.lower() not in IMAGE_EXTENSIONS:
+        if name.startswith(".") or extension.lower().lstrip(".") not in IMAGE_EXTENSIONS:
             continue
         # Folders are skipped; anything else, even a broken link, FIFO or unreadable
         # file, stays a candidate so that reading it reports the problem.
@@ -107,14 +107,8 @@ def pair_folders(images_dir: str, masks_dir: str) -> PairingReport:
     return report
 
 
-def paired_dataset(
-    images_dir: str,
-    masks_dir: str,
-    image_size: int,
-    value_map: Mapping[int, int],
-    strict: bool = False,
-) -> tuple[tf.data.Dataset, PairingReport]:
-    """The common ``(image, mask)`` dataset from a paired folder, with its pairing report.
+def checked_pairs(images_dir: str, masks_dir: str, strict: bool = False) -> PairingReport:
+    """Pairs two folders and reports leftovers: logged, or refused with ``strict``.
 
     Raises:
       DataSourceError: nothing pairs up, or ``strict`` and some file has no partner.
@@ -129,4 +123,20 @@ def paired_dataset(
         logger.warning("pairing %s with %s: %s", images_dir, masks_dir, report.summary())
         for path in report.images_without_mask + report.masks_without_image:
             logger.warning("no partner for %s", path)
+    return report
+
+
+def paired_dataset(
+    images_dir: str,
+    masks_dir: str,
+    image_size: int,
+    value_map: Mapping[int, int],
+    strict: bool = False,
+) -> tuple[tf.data.Dataset, PairingReport]:
+    """The common ``(image, mask)`` dataset from a paired folder, with its pairing report.
+
+    Raises:
+      DataSourceError: nothing pairs up, or ``strict`` and some file has no partner.
+    """
+    report = checked_pairs(images_dir, masks_dir, strict)
     return files_dataset(report.pairs, image_size, value_map, strict), report
