@@ -14,6 +14,9 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# File extensions of the formats decode_image reads, lower case, without the dot.
+IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "bmp", "webp", "tif", "tiff")
+
 # 8000 x 8000: far above any camera image a user segments, far below what a
 # crafted header (e.g. a 50000 x 50000 PNG of a few hundred bytes) declares.
 DEFAULT_MAX_PIXELS = 64_000_000

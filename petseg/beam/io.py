@@ -43,17 +43,9 @@ from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.records import ErrorRecord, SourceImage
+from petseg.imageio import IMAGE_EXTENSIONS
 
-DEFAULT_EXTENSIONS: tuple[str, ...] = (
-    "jpg",
-    "jpeg",
-    "png",
-    "gif",
-    "bmp",
-    "webp",
-    "tif",
-    "tiff",
-)
+DEFAULT_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS
 MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
 ERRORS_TAG = "errors"
