@@ -35,3 +35,11 @@ def encoder_weights() -> pathlib.Path:
             f"PETSEG_ENCODER_WEIGHTS={path} does not exist: the ImageNet weights are absent"
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory) -> pathlib.Path:
+    """One tiny exported U-Net per session, for the segmentation job's tests."""
+    from tests.beam_helpers import shared_tiny_model
+
+    return shared_tiny_model(tmp_path_factory)

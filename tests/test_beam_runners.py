@@ -17,7 +17,6 @@ from tests.beam_helpers import (
     COLLISION_LOSERS,
     GOOD_IMAGES,
     free_port,
-    shared_tiny_model,
     snapshot,
     start_service,
     stop_service,
@@ -28,11 +27,6 @@ pytestmark = pytest.mark.slow
 
 # Fields that legitimately differ between runs: timing, and nothing else.
 TIMING_FIELDS = ("wall_time_s", "images_per_second")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,12 @@ from tests.beam_helpers import (
     MODEL_ID,
     expected_mask,
     job_argv,
-    shared_tiny_model,
     snapshot,
     write_image_tree,
 )
 
 BATCH = 4
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

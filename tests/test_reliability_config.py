@@ -16,7 +16,7 @@ import pytest
 from beam_jobs import segment as segment_job
 from petseg.beam.inference import SavedModelHandler
 from petseg.export import ExportError, load_serving_model
-from tests.beam_helpers import MODEL_SIZE, shared_tiny_model
+from tests.beam_helpers import MODEL_SIZE
 from tests.images import gradient, jpeg
 
 MISMATCHES = {
@@ -31,11 +31,6 @@ MISMATCHES = {
         f"takes {MODEL_SIZE}x{MODEL_SIZE} images but petseg.json says {2 * MODEL_SIZE}",
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

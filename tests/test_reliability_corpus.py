@@ -26,7 +26,7 @@ from PIL import Image
 
 from petseg.beam.write import TEMP_MARKER
 from petseg.export import load_serving_model
-from tests.beam_helpers import expected_mask, job_argv, shared_tiny_model
+from tests.beam_helpers import expected_mask, job_argv
 from tests.corpus import (
     NOT_FOLLOWED,
     UNREADABLE_AS_ROOT,
@@ -50,11 +50,6 @@ def _reader_prefix() -> list[str] | None:
     if os.geteuid() != 0:
         return []
     return DROP_READ_OVERRIDE if shutil.which("setpriv") else None
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from PIL import Image
 
 from beam_jobs import segment as segment_job
 from petseg.beam.write import TEMP_MARKER
-from tests.beam_helpers import job_argv, shared_tiny_model, snapshot
+from tests.beam_helpers import job_argv, snapshot
 from tests.images import gradient, jpeg
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -35,11 +35,6 @@ BATCH = 4
 KILL_POINTS = {"first-mask": 0.0, "a-third": 0.33, "two-thirds": 0.66}
 TIMING_FIELDS = ("wall_time_s", "images_per_second")
 TEMPORARY = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"[0-9a-f]{32}$")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return shared_tiny_model(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
