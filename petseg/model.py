@@ -14,6 +14,7 @@ import os
 import keras
 
 from petseg.classes import NUM_CLASSES
+from petseg.layers import FusedBatchNormalization, with_fused_batch_norm
 
 # The tutorial's skip layers, from the highest resolution (S/2) to the lowest (S/32).
 SKIP_LAYER_NAMES: tuple[str, ...] = (
@@ -35,7 +36,11 @@ class EncoderWeightsError(RuntimeError):
 def upsample_block(
     x: keras.KerasTensor, filters: int, kernel_size: int, dropout: float, name: str
 ) -> keras.KerasTensor:
-    """pix2pix's upsample: Conv2DTranspose(stride 2) -> BatchNorm -> [Dropout] -> ReLU."""
+    """pix2pix's upsample: Conv2DTranspose(stride 2) -> BatchNorm -> [Dropout] -> ReLU.
+
+    The batch normalization is Keras' layer run by TensorFlow's fused kernel
+    (:class:`petseg.layers.FusedBatchNormalization`).
+    """
     x = keras.layers.Conv2DTranspose(
         filters,
         kernel_size,
@@ -45,7 +50,7 @@ def upsample_block(
         use_bias=False,
         name=f"{name}_conv_transpose",
     )(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_batch_norm")(x)
+    x = FusedBatchNormalization(name=f"{name}_batch_norm")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
@@ -94,7 +99,9 @@ def build_encoder(
             f"could not load encoder weights {weights!r} into MobileNetV2(alpha={alpha}): {error}"
         ) from None
     outputs = [backbone.get_layer(name).output for name in SKIP_LAYER_NAMES]
-    return keras.Model(inputs=backbone.input, outputs=outputs, name=ENCODER_NAME)
+    encoder = keras.Model(inputs=backbone.input, outputs=outputs, name=ENCODER_NAME)
+    # Same layers and weights, with TensorFlow's fused batch normalization.
+    return with_fused_batch_norm(encoder)
 
 
 def build_unet(
