@@ -30,11 +30,11 @@ import numpy as np
 import tensorflow as tf
 
 from petseg.classes import CLASS_NAMES
-from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_pair
+from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
 from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_examples
 from petseg.data.paired import pair_folders, parse_value_map
 from petseg.export import ExportError, load_serving_model
-from petseg.imageio import ImageDecodeError, resize_image
+from petseg.imageio import ImageDecodeError
 from petseg.metrics import confusion_matrix, format_metrics, metrics_from_confusion
 from petseg.postprocess import probabilities_to_mask
 
@@ -85,16 +85,13 @@ def evaluate_examples(
         labelled = []
         for example in examples[start : start + CHUNK]:
             try:
-                image, mask = read_pair(example, table)
+                labelled.append(read_labelled(example, table, image_size))
             except (OSError, ImageDecodeError) as error:
                 skipped.append((example.image_path, str(error)))
                 logger.warning("skipping %s: %s", example.image_path, error)
-                continue
-            labelled.append((image, mask[..., 0]))
         if not labelled:
             continue
-        batch = np.stack([resize_image(image, image_size) for image, _ in labelled])
-        probabilities = predict(batch)
+        probabilities = predict(np.stack([pixels for pixels, _ in labelled]))
         for (_, mask), image_probabilities in zip(labelled, probabilities, strict=True):
             predicted = probabilities_to_mask(image_probabilities, mask.shape)
             matrix += confusion_matrix(mask, predicted, num_classes)

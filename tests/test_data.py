@@ -11,7 +11,7 @@ from PIL import Image
 
 from petseg import data
 from petseg.data import tfds_source
-from petseg.imageio import decode_image, decode_mask
+from petseg.imageio import decode_image, decode_mask, decode_resized
 from tests import images
 
 SIZE = 64
@@ -182,10 +182,33 @@ def tfds_reachable(monkeypatch):
 
 
 def test_tfds_source_yields_the_common_element(tfds_reachable):
-    with tfds.testing.mock_data(num_examples=2):
+    # TFDS hands the image as its file bytes (SkipDecoding), so it is decoded by the
+    # project's own decode_resized, exactly as the file sources and the Beam job do.
+    photos = [images.jpeg(images.gradient(300, 260)), images.png(images.gradient(90, 70))]
+    trimaps = [np.full((260, 300, 1), 1, np.uint8), np.full((70, 90, 1), 3, np.uint8)]
+    asked = {}
+
+    def as_dataset(builder, *args, **kwargs):
+        asked.update(kwargs)
+        return tf.data.Dataset.from_generator(
+            lambda: iter(
+                {"image": p, "segmentation_mask": t} for p, t in zip(photos, trimaps, strict=True)
+            ),
+            output_signature={
+                "image": tf.TensorSpec([], tf.string),
+                "segmentation_mask": tf.TensorSpec([None, None, 1], tf.uint8),
+            },
+        )
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
         dataset = data.tfds_dataset("train", SIZE)
         assert _strip_names(dataset.element_spec) == ELEMENT_SPEC
-        assert len(list(dataset)) == 2
+        elements = [(image.numpy(), mask.numpy()) for image, mask in dataset]
+    assert isinstance(asked["decoders"]["image"], tfds.decode.SkipDecoding)
+    assert len(elements) == 2
+    for (image, mask), photo, trimap in zip(elements, photos, trimaps, strict=True):
+        np.testing.assert_array_equal(image, decode_resized(photo, SIZE)[0])
+        np.testing.assert_array_equal(mask, np.full((SIZE, SIZE, 1), trimap.flat[0] - 1))
 
 
 def test_tfds_offline_is_one_clear_line(monkeypatch, tmp_path):

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petseg.imageio import ImageDecodeError, decode_image, decode_mask, resize_image, resize_mask
+from petseg.imageio import (
+    ImageDecodeError,
+    decode_image,
+    decode_mask,
+    decode_resized,
+    resize_image,
+    resize_mask,
+)
 from tests import images
 
 
@@ -106,3 +113,69 @@ def test_resize_mask_never_invents_classes():
 def test_resize_image_shape_and_identity(card):
     assert resize_image(card, (10, 20)).shape == (10, 20, 3)
     assert resize_image(card, (32, 48)) is card
+
+
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        lambda a: images.png(a),
+        lambda a: images.jpeg(a),
+        lambda a: images.png(a, "L"),
+        lambda a: images.cmyk_jpeg(a),
+        lambda a: images.encode(Image.fromarray(a), "WEBP", lossless=True),
+    ],
+    ids=["png", "small-jpeg", "gray", "cmyk", "webp"],
+)
+def test_decode_resized_is_decode_then_resize_below_the_reduced_scales(card, encoder):
+    # Nothing to skip: an image under twice the size decodes fully, then resizes.
+    data = encoder(card)
+    pixels, size = decode_resized(data, 24)
+    assert size == (32, 48)
+    np.testing.assert_array_equal(pixels, resize_image(decode_image(data), 24))
+
+
+def _decoded_sizes(monkeypatch) -> list[tuple[int, int]]:
+    from PIL import JpegImagePlugin
+
+    sizes = []
+    load = JpegImagePlugin.JpegImageFile.load
+
+    def recording_load(self):
+        sizes.append(self.size)
+        return load(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", recording_load)
+    return sizes
+
+
+@pytest.mark.parametrize(("size", "scale"), [(200, 2), (100, 4), (50, 8), (250, 1)])
+def test_decode_resized_decodes_a_large_jpeg_at_a_reduced_scale(monkeypatch, size, scale):
+    photo = images.gradient(600, 400)
+    data = images.jpeg(photo)
+    sizes = _decoded_sizes(monkeypatch)
+    pixels, original = decode_resized(data, size)
+    # The largest DCT scale that keeps both sides at least ``size``.
+    assert set(sizes) == {(600 // scale, 400 // scale)}
+    assert pixels.shape == (size, size, 3) and original == (400, 600)
+    full_route = resize_image(decode_image(data), size).astype(int)
+    assert np.abs(pixels.astype(int) - full_route).mean() < 2.0
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_decode_resized_reports_the_upright_size(orientation):
+    data = images.jpeg(images.gradient(600, 400), orientation)
+    pixels, original = decode_resized(data, 64)
+    upright = decode_image(data)
+    assert original == upright.shape[:2]
+    full_route = resize_image(upright, 64).astype(int)
+    assert np.abs(pixels.astype(int) - full_route).mean() < 2.0
+
+
+def test_decode_resized_refuses_what_decode_image_refuses():
+    data = images.jpeg(images.gradient(600, 400))
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_resized(data, 64, max_pixels=1000)
+    with pytest.raises(ImageDecodeError, match="corrupt or truncated"):
+        decode_resized(data[: len(data) // 2], 64)
+    with pytest.raises(ImageDecodeError, match="empty file"):
+        decode_resized(b"", 64)

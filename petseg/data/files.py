@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from petseg.imageio import ImageDecodeError, decode_image, decode_mask, resize_image, resize_mask
+from petseg.imageio import (
+    ImageDecodeError,
+    decode_image,
+    decode_mask,
+    decode_resized,
+    resize_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,30 +72,56 @@ def _open_nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
-def read_pair(
+def read_labelled(
     example: LabelledFile, table: np.ndarray, image_size: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes one pair and maps its labels; optionally resizes both to ``image_size``.
+    """Decodes one pair and maps its labels; the label map stays at full size.
+
+    Args:
+      example: the image and label files.
+      table: stored label value -> class index (see :func:`lookup_table`).
+      image_size: give the image as the model's S x S input
+        (:func:`petseg.imageio.decode_resized`, as the Beam job does);
+        ``None`` keeps it at full size.
 
     Returns:
-      ``(image uint8 [H, W, 3], mask uint8 [H, W, 1])``.
+      ``(image uint8 [S, S, 3] or [H, W, 3], class map uint8 [H, W])``.
 
     Raises:
       ImageDecodeError: either file is unreadable, sizes differ, or the mask
         holds values the mapping does not know.
     """
-    image = decode_image(read_regular_file(example.image_path))
+    image_data = read_regular_file(example.image_path)
     raw = decode_mask(read_regular_file(example.mask_path))
-    if raw.shape != image.shape[:2]:
+    if image_size is None:
+        image = decode_image(image_data)
+        height, width = image.shape[:2]
+    else:
+        image, (height, width) = decode_resized(image_data, image_size)
+    if raw.shape != (height, width):
         raise ImageDecodeError(
-            f"mask is {raw.shape[1]}x{raw.shape[0]} but image is {image.shape[1]}x{image.shape[0]}"
+            f"mask is {raw.shape[1]}x{raw.shape[0]} but image is {width}x{height}"
         )
     mask = table[raw]
     if (mask == UNMAPPED).any():
         unknown = sorted(set(np.unique(raw[mask == UNMAPPED]).tolist()))[:5]
         raise ImageDecodeError(f"mask values {unknown} are not in the label mapping")
+    return image, mask
+
+
+def read_pair(
+    example: LabelledFile, table: np.ndarray, image_size: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes one pair and maps its labels; optionally both at ``image_size``.
+
+    Returns:
+      ``(image uint8 [H, W, 3], mask uint8 [H, W, 1])``, H = W = ``image_size`` if given.
+
+    Raises:
+      ImageDecodeError: as :func:`read_labelled`.
+    """
+    image, mask = read_labelled(example, table, image_size)
     if image_size is not None:
-        image = resize_image(image, image_size)
         mask = resize_mask(mask, image_size)
     return image, mask[:, :, None]
 

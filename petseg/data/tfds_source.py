@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from petseg.data.files import DataSourceError
-from petseg.imageio import resize_image, resize_mask
+from petseg.imageio import decode_resized, resize_mask
 
 TFDS_NAME = "oxford_iiit_pet:4.*.*"
 OFFLINE_HINT = (
@@ -19,10 +19,20 @@ OFFLINE_HINT = (
 )
 
 
-def _resize(image: np.ndarray, mask: np.ndarray, image_size: int):
-    # The same resize functions as the file sources and the Beam job, so every
-    # source feeds the model identically prepared pixels.
-    return resize_image(image, image_size), resize_mask(mask[:, :, 0], image_size)[:, :, None]
+def model_input(encoded_image: bytes, mask: np.ndarray, image_size: int):
+    """One TFDS example, its image still encoded, as the model's ``(image, mask)``.
+
+    The image goes through :func:`petseg.imageio.decode_resized`, as in the
+    file sources and the Beam job, so every source feeds the model identically
+    prepared pixels.
+
+    Args:
+      encoded_image: the image file's bytes (TFDS with ``SkipDecoding``).
+      mask: ``uint8 [H, W, 1]`` trimap as TFDS decodes it.
+      image_size: side S of the outputs.
+    """
+    image, _ = decode_resized(encoded_image, image_size)
+    return image, resize_mask(mask[:, :, 0], image_size)[:, :, None]
 
 
 def _check_reachable(builder) -> None:
@@ -64,11 +74,14 @@ def tfds_dataset(split: str, image_size: int, data_dir: str | None = None) -> tf
             f"could not download TFDS {TFDS_NAME} ({type(error).__name__}); offline, "
             + OFFLINE_HINT
         ) from None
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
+    # Images arrive as their file bytes, to be decoded straight to the model's size.
+    dataset = builder.as_dataset(
+        split=split, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()}
+    )
 
     def to_element(example):
         image, mask = tf.numpy_function(
-            lambda image, mask: _resize(image, mask, image_size),
+            lambda image, mask: model_input(image, mask, image_size),
             [example["image"], example["segmentation_mask"]],
             [tf.uint8, tf.uint8],
             stateful=False,
