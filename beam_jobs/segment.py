@@ -116,6 +116,13 @@ def parse_known_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[s
         help="refuse files larger than this (default: %(default)s)",
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads per worker process that read, decode, upsample and write images "
+        "alongside the model (default: the cores available to each process)",
+    )
+    parser.add_argument(
         "--overlays", action="store_true", help="also write colour overlays under OUT/overlays/"
     )
     parser.add_argument(
@@ -132,6 +139,9 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     handler = SavedModelHandler(
         job.model.export_dir, min_batch_size=job.min_batch_size, max_batch_size=job.max_batch_size
     )
+    # Each threaded step holds up to two batches, so the next batch is decoded
+    # and the last one written while the model runs.
+    in_flight = 2 * job.max_batch_size
     sources = pipeline | "MatchImages" >> MatchImages(job.inputs, job.extensions)
     assigned, path_errors = sources | "AssignMaskPaths" >> AssignMaskPaths()
     model_inputs, decode_errors = (
@@ -139,14 +149,23 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
         | "ReshuffleImages" >> beam.Reshuffle()
         | "DecodeImages"
         >> DecodeImages(
-            job.model.image_size, job.max_pixels, job.max_file_bytes, keep_original=job.overlays
+            job.model.image_size,
+            job.max_pixels,
+            job.max_file_bytes,
+            keep_original=job.overlays,
+            threads=job.threads,
+            max_in_flight=in_flight,
         )
     )
     predictions, inference_errors = model_inputs | "RunInference" >> InferProbabilities(handler)
-    segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks()
-    written, write_errors = segmentations | "WriteMasks" >> WriteMasks(job.output, job.overlays)
+    segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks(
+        job.threads, in_flight
+    )
+    written, write_errors = segmentations | "WriteMasks" >> WriteMasks(
+        job.output, job.overlays, job.threads, in_flight
+    )
     records = written | "ComputeImageStats" >> beam.ParDo(
-        ComputeImageStatsFn(job.model.class_names, job.model.model_id)
+        ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, in_flight)
     )
     errors = (
         (
@@ -207,6 +226,7 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
         max_pixels=known_args.max_pixels,
         max_file_bytes=known_args.max_file_bytes,
         overlays=known_args.overlays,
+        threads=known_args.threads,
     )
     options = PipelineOptions(pipeline_args)
     options.view_as(SetupOptions).save_main_session = save_main_session

@@ -107,18 +107,18 @@ def shared_tiny_model(tmp_path_factory) -> pathlib.Path:
 
 
 def expected_mask(model, data: bytes, batch_size: int) -> np.ndarray:
-    """What the model gives directly for one file: the job's decode, resize, fixed-shape
-    batch (padded with zeros to ``batch_size``), upsample and argmax, without Beam."""
+    """What the model gives directly for one file: the job's decode to the model's size,
+    fixed-shape batch (padded with zeros to ``batch_size``), upsample and argmax, without Beam."""
     import tensorflow as tf
 
     from petseg.beam.postprocess import segment
-    from petseg.imageio import decode_image, resize_image
+    from petseg.imageio import decode_resized
 
-    image = decode_image(data)
+    pixels, (height, width) = decode_resized(data, MODEL_SIZE)
     batch = np.zeros((batch_size, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
-    batch[0] = resize_image(image, MODEL_SIZE)
+    batch[0] = pixels
     probabilities = model(images=tf.constant(batch))["probabilities"].numpy()[0]
-    mask, _ = segment(probabilities, image.shape[0], image.shape[1])
+    mask, _ = segment(probabilities, height, width)
     return mask
 
 

@@ -116,6 +116,8 @@ def test_bad_metadata_exits_2(text, expected, model_dir, photos, tmp_path, capsy
         (["--max-file-bytes", "-1"], "--max-file-bytes must be at least 1, got -1"),
         (["--max-file-bytes", ""], "invalid int value: ''"),
         (["--progress-interval", "soon"], "invalid float value: 'soon'"),
+        (["--threads", "0"], "--threads must be at least 1, got 0"),
+        (["--threads", "all"], "invalid int value: 'all'"),
     ],
     ids=lambda value: "_".join(value) if isinstance(value, list) else None,
 )

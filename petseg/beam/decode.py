@@ -1,6 +1,6 @@
-"""Reading, decoding and resizing images, with a dead letter for anything that fails.
+"""Reading and decoding images to the model's input size, with a dead letter for failures.
 
-Every file goes through :func:`petseg.imageio.decode_image`, the decoder
+Every file goes through :func:`petseg.imageio.decode_resized`, the decoder
 training uses, so the model sees pixels prepared exactly as it was trained.
 Nothing a file holds can fail a bundle: each failure becomes an
 :class:`~petseg.beam.records.ErrorRecord` on the ``errors`` output.
@@ -8,17 +8,15 @@ Nothing a file holds can fail a bundle: each failure becomes an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from petseg.beam.io import ERRORS_TAG
 from petseg.beam.records import COUNTER_NAMESPACE, ErrorRecord, ImageKey, SourceImage
-from petseg.imageio import DEFAULT_MAX_PIXELS, decode_image, resize_image
+from petseg.beam.threaded import ThreadedDoFn
+from petseg.imageio import DEFAULT_MAX_PIXELS, decode_image, decode_resized
 
 # A file this big is no photo; refusing it before reading keeps a worker's memory safe.
 DEFAULT_MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -42,23 +40,31 @@ def read_file(path: str, max_bytes: int) -> bytes:
     return data
 
 
-class DecodeImageFn(beam.DoFn):
-    """``SourceImage`` -> ``(SourceImage, uint8 [H, W, 3])``; failures go to ``errors``."""
+class DecodeImageFn(ThreadedDoFn):
+    """``SourceImage`` -> ``(ImageKey, uint8 [S, S, 3])``, the keyed model input.
+
+    Reads and decodes on a thread pool (see :mod:`petseg.beam.threaded`); a
+    file that cannot be read or decoded goes to ``errors`` with its stage.
+    """
 
     def __init__(
-        self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_FILE_BYTES
+        self,
+        image_size: int,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        keep_original: bool = False,
+        threads: int | None = None,
+        max_in_flight: int | None = None,
     ):
+        super().__init__(threads, max_in_flight)
+        self._image_size = image_size
         self._max_pixels = max_pixels
         self._max_bytes = max_bytes
+        self._keep_original = keep_original
         self._read = Metrics.counter(COUNTER_NAMESPACE, "read")
         self._decoded = Metrics.counter(COUNTER_NAMESPACE, "decoded")
 
-    def _fail(self, source: SourceImage, stage: str, error: BaseException):
-        return beam.pvalue.TaggedOutput(
-            ERRORS_TAG, ErrorRecord.from_exception(source.path, stage, error)
-        )
-
-    def process(self, source: SourceImage) -> Iterator[tuple[SourceImage, np.ndarray]]:
+    def work(self, source: SourceImage) -> list:
         try:
             if source.size_bytes > self._max_bytes:
                 raise FileTooLargeError(
@@ -66,39 +72,26 @@ class DecodeImageFn(beam.DoFn):
                 )
             data = read_file(source.path, self._max_bytes)
         except Exception as error:  # Any filesystem failure is this file's error.
-            yield self._fail(source, "read", error)
-            return
-        self._read.inc()
+            return [_failure(source, "read", error)]
         try:
-            image = decode_image(data, self._max_pixels)
-        except Exception as error:  # decode_image raises only ImageDecodeError; be sure.
-            yield self._fail(source, "decode", error)
-            return
-        self._decoded.inc()
-        yield source, image
+            pixels, (height, width) = decode_resized(data, self._image_size, self._max_pixels)
+            original = decode_image(data, self._max_pixels) if self._keep_original else None
+        except Exception as error:  # ImageDecodeError, or e.g. MemoryError on a huge image.
+            return [_failure(source, "decode", error)]
+        return [(ImageKey(source, height, width, original), pixels)]
+
+    def emitted(self, output) -> None:
+        stage = output.value.stage if isinstance(output, beam.pvalue.TaggedOutput) else None
+        if stage != "read":
+            self._read.inc()
+        if stage is None:
+            self._decoded.inc()
 
 
-class ResizeImageFn(beam.DoFn):
-    """``(SourceImage, image)`` -> ``(ImageKey, uint8 [S, S, 3])``, the keyed model input."""
-
-    def __init__(self, image_size: int, keep_original: bool = False):
-        self._image_size = image_size
-        self._keep_original = keep_original
-
-    def process(
-        self, element: tuple[SourceImage, np.ndarray]
-    ) -> Iterator[tuple[ImageKey, np.ndarray]]:
-        source, image = element
-        try:
-            pixels = resize_image(image, self._image_size)
-        except Exception as error:  # e.g. MemoryError on a huge image.
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG, ErrorRecord.from_exception(source.path, "resize", error)
-            )
-            return
-        height, width = image.shape[:2]
-        original = image if self._keep_original else None
-        yield ImageKey(source, height, width, original), pixels
+def _failure(source: SourceImage, stage: str, error: BaseException) -> beam.pvalue.TaggedOutput:
+    return beam.pvalue.TaggedOutput(
+        ERRORS_TAG, ErrorRecord.from_exception(source.path, stage, error)
+    )
 
 
 class DecodeImages(beam.PTransform):
@@ -109,6 +102,8 @@ class DecodeImages(beam.PTransform):
       max_pixels: images declaring more pixels are refused before decoding.
       max_bytes: files larger than this are refused before reading.
       keep_original: carry the decoded image along (for overlays).
+      threads: decoding threads per worker process (``None``: every core).
+      max_in_flight: images decoded ahead of the model, at most.
 
     Returns a pair ``(keyed model inputs, errors)``.
     """
@@ -119,22 +114,16 @@ class DecodeImages(beam.PTransform):
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_bytes: int = DEFAULT_MAX_FILE_BYTES,
         keep_original: bool = False,
+        threads: int | None = None,
+        max_in_flight: int | None = None,
     ):
         super().__init__()
-        self._image_size = image_size
-        self._max_pixels = max_pixels
-        self._max_bytes = max_bytes
-        self._keep_original = keep_original
+        self._decode = DecodeImageFn(
+            image_size, max_pixels, max_bytes, keep_original, threads, max_in_flight
+        )
 
     def expand(self, sources):
-        decoded = sources | "DecodeImage" >> beam.ParDo(
-            DecodeImageFn(self._max_pixels, self._max_bytes)
-        ).with_outputs(ERRORS_TAG, main="images")
-        resized = decoded.images | "ResizeImage" >> beam.ParDo(
-            ResizeImageFn(self._image_size, self._keep_original)
-        ).with_outputs(ERRORS_TAG, main="inputs")
-        errors = (
-            decoded[ERRORS_TAG],
-            resized[ERRORS_TAG],
-        ) | "FlattenDecodeErrors" >> beam.Flatten()
-        return resized.inputs, errors
+        decoded = sources | "DecodeImage" >> beam.ParDo(self._decode).with_outputs(
+            ERRORS_TAG, main="inputs"
+        )
+        return decoded.inputs, decoded[ERRORS_TAG]

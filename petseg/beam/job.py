@@ -54,6 +54,8 @@ class SegmentJob:
       max_pixels: decode limit.
       max_file_bytes: read limit.
       overlays: whether overlays are written.
+      threads: threads per worker process for decoding, postprocessing and
+        writing; ``None`` uses every core available to the process.
       num_shards: JSON Lines shards of stats and errors.
     """
 
@@ -67,6 +69,7 @@ class SegmentJob:
     max_pixels: int = 64_000_000
     max_file_bytes: int = 256 * 1024 * 1024
     overlays: bool = False
+    threads: int | None = None
     num_shards: int = 1
 
 
@@ -164,6 +167,7 @@ def prepare_job(
     max_pixels: int = 64_000_000,
     max_file_bytes: int = 256 * 1024 * 1024,
     overlays: bool = False,
+    threads: int | None = None,
 ) -> SegmentJob:
     """Checks a configuration and resolves it into a :class:`SegmentJob`.
 
@@ -184,6 +188,8 @@ def prepare_job(
         )
     _check_positive("--max-pixels", max_pixels)
     _check_positive("--max-file-bytes", max_file_bytes)
+    if threads is not None:
+        _check_positive("--threads", threads)
     extension_list = parse_extensions(extensions or DEFAULT_EXTENSIONS)
     if not inputs or any(not text.strip() for text in inputs):
         raise SegmentConfigError("--input must name a folder, a file or a pattern")
@@ -222,5 +228,6 @@ def prepare_job(
         max_pixels=max_pixels,
         max_file_bytes=max_file_bytes,
         overlays=overlays,
+        threads=threads,
         num_shards=max(1, math.ceil(matched / RECORDS_PER_SHARD)),
     )

@@ -7,14 +7,13 @@ where resizing an S x S class map would give blocky ones.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
 from petseg.beam.io import ERRORS_TAG
 from petseg.beam.records import ErrorRecord, ImageKey, Segmentation
+from petseg.beam.threaded import ThreadedDoFn
 from petseg.postprocess import mask_and_confidence, upsample_probabilities
 
 
@@ -27,28 +26,41 @@ def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndar
     return mask, float(np.mean(confidence, dtype=np.float64))
 
 
-class PostprocessFn(beam.DoFn):
-    """``(ImageKey, PredictionResult)`` -> :class:`Segmentation`; failures go to ``errors``."""
+class PostprocessFn(ThreadedDoFn):
+    """``(ImageKey, PredictionResult)`` -> :class:`Segmentation`, on a thread pool.
 
-    def process(self, element: tuple[ImageKey, PredictionResult]) -> Iterator[Segmentation]:
+    Failures go to ``errors``. Args as :class:`~petseg.beam.threaded.ThreadedDoFn`.
+    """
+
+    def work(self, element: tuple[ImageKey, PredictionResult]) -> list:
         key, prediction = element
         try:
             mask, mean_confidence = segment(
                 np.asarray(prediction.inference, dtype=np.float32), key.height, key.width
             )
         except Exception as error:  # e.g. MemoryError upsampling a huge image.
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG, ErrorRecord.from_exception(key.source.path, "postprocess", error)
-            )
-            return
-        yield Segmentation(key, mask, mean_confidence)
+            return [
+                beam.pvalue.TaggedOutput(
+                    ERRORS_TAG, ErrorRecord.from_exception(key.source.path, "postprocess", error)
+                )
+            ]
+        return [Segmentation(key, mask, mean_confidence)]
 
 
 class PostprocessMasks(beam.PTransform):
-    """Turns keyed predictions into full-size masks. Returns ``(segmentations, errors)``."""
+    """Turns keyed predictions into full-size masks. Returns ``(segmentations, errors)``.
+
+    Args:
+      threads: postprocessing threads per worker process (``None``: every core).
+      max_in_flight: predictions held at once, at most.
+    """
+
+    def __init__(self, threads: int | None = None, max_in_flight: int | None = None):
+        super().__init__()
+        self._postprocess = PostprocessFn(threads, max_in_flight)
 
     def expand(self, predictions):
-        results = predictions | "UpsampleAndArgmax" >> beam.ParDo(PostprocessFn()).with_outputs(
+        results = predictions | "UpsampleAndArgmax" >> beam.ParDo(self._postprocess).with_outputs(
             ERRORS_TAG, main="segmentations"
         )
         return results.segmentations, results[ERRORS_TAG]

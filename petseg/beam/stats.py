@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from petseg.beam.records import COUNTER_NAMESPACE, STAGES, ErrorRecord, Segmentation
+from petseg.beam.threaded import ThreadedDoFn
 from petseg.classes import PET
 
 HISTOGRAM_BINS = 10
@@ -54,23 +55,38 @@ def image_stats(
     }
 
 
-class ComputeImageStatsFn(beam.DoFn):
-    """:class:`Segmentation` -> its statistics record; counts pixels per class in metrics."""
+class ComputeImageStatsFn(ThreadedDoFn):
+    """:class:`Segmentation` -> its statistics record; counts pixels per class in metrics.
 
-    def __init__(self, class_names: Sequence[str], model_id: str):
+    Args:
+      class_names: the model's classes, index order.
+      model_id: the model's id.
+      threads, max_in_flight: as :class:`~petseg.beam.threaded.ThreadedDoFn`.
+    """
+
+    def __init__(
+        self,
+        class_names: Sequence[str],
+        model_id: str,
+        threads: int | None = None,
+        max_in_flight: int | None = None,
+    ):
+        super().__init__(threads, max_in_flight)
         self._class_names = tuple(class_names)
         self._model_id = model_id
 
     def setup(self):
+        super().setup()
         self._pixels = {
             name: Metrics.counter(COUNTER_NAMESPACE, f"pixels_{name}") for name in self._class_names
         }
 
-    def process(self, segmentation: Segmentation) -> Iterator[dict[str, Any]]:
-        record = image_stats(segmentation, self._class_names, self._model_id)
+    def work(self, segmentation: Segmentation) -> list[dict[str, Any]]:
+        return [image_stats(segmentation, self._class_names, self._model_id)]
+
+    def emitted(self, record: dict[str, Any]) -> None:
         for name, count in record["pixels"].items():
             self._pixels[name].inc(count)
-        yield record
 
 
 @dataclass

@@ -1,0 +1,109 @@
+"""A DoFn whose per-element work runs on a thread pool, so a worker's cores stay busy.
+
+A Beam worker thread hands a fused stage one element at a time: while it
+decodes an image, encodes a PNG or waits inside the model, nothing else of
+that stage runs. The heavy steps of the segmentation job (JPEG decoding,
+resizing, upsampling, PNG encoding, file writes) spend their time in C code
+that releases the GIL, so on a pool they run side by side on every core and
+alongside the model's own threads.
+
+:class:`ThreadedDoFn` keeps Beam's contract: outputs leave in input order
+with the window, timestamp and pane of the element they came from; at most
+``max_in_flight`` elements are held, so memory stays bounded; every element
+is finished before its bundle is (``finish_bundle`` waits), so a bundle that
+commits has emitted everything. Work that raises fails the bundle, exactly
+as a synchronous ``process`` would.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.pvalue import TaggedOutput
+from apache_beam.utils.windowed_value import WindowedValue
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # Not on Linux.
+        return os.cpu_count() or 1
+
+
+class ThreadedDoFn(beam.DoFn):
+    """Base class: ``work(element)`` runs on a pool; its outputs are emitted in order.
+
+    Subclasses implement :meth:`work`, which returns a list of outputs (plain
+    values for the main output, :class:`~apache_beam.pvalue.TaggedOutput` for
+    others). It runs on a pool thread, where Beam's metrics are not
+    recorded (their container belongs to the bundle's thread), so counters
+    are incremented in :meth:`emitted`, which runs on the bundle's thread.
+
+    Args:
+      threads: pool size; ``None`` uses every core available to the process.
+      max_in_flight: elements submitted but not yet emitted before
+        ``process`` waits for the oldest; ``None`` is four per thread.
+    """
+
+    def __init__(self, threads: int | None = None, max_in_flight: int | None = None):
+        if threads is not None and threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        if max_in_flight is not None and max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self._threads = threads
+        self._max_in_flight = max_in_flight
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: collections.deque[tuple[Future, Any, Any, Any]] = collections.deque()
+
+    def work(self, element: Any) -> list[Any]:
+        """The per-element work; runs on a pool thread. Returns the element's outputs."""
+        raise NotImplementedError(f"{type(self).__name__} must implement work()")
+
+    def emitted(self, output: Any) -> None:
+        """Called on the bundle's thread for each output as it leaves (for counters)."""
+
+    def setup(self) -> None:
+        threads = self._threads or available_cores()
+        self._limit = self._max_in_flight or 4 * threads
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=type(self).__name__)
+
+    def start_bundle(self) -> None:
+        self._pending = collections.deque()
+
+    def process(
+        self,
+        element: Any,
+        timestamp=beam.DoFn.TimestampParam,
+        window=beam.DoFn.WindowParam,
+        pane_info=beam.DoFn.PaneInfoParam,
+    ) -> Iterator[Any]:
+        self._pending.append((self._pool.submit(self.work, element), timestamp, window, pane_info))
+        yield from self._drain(keep=self._limit)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        yield from self._drain(keep=0)
+
+    def teardown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def _drain(self, keep: int) -> Iterator[Any]:
+        # Emit finished elements from the front; wait for the oldest only while
+        # more than ``keep`` are pending.
+        while self._pending and (len(self._pending) > keep or self._pending[0][0].done()):
+            future, timestamp, window, pane_info = self._pending.popleft()
+            for output in future.result():
+                self.emitted(output)
+                if isinstance(output, TaggedOutput):
+                    yield TaggedOutput(
+                        output.tag, WindowedValue(output.value, timestamp, [window], pane_info)
+                    )
+                else:
+                    yield WindowedValue(output, timestamp, [window], pane_info)

@@ -1,0 +1,138 @@
+"""ThreadedDoFn: work on a pool, outputs in input order with their own windows, bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import apache_beam as beam
+import pytest
+from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from petseg.beam.threaded import ThreadedDoFn, available_cores
+
+
+class SlowSquares(ThreadedDoFn):
+    """Squares numbers, later ones finishing first; odd inputs also go to ``odd``."""
+
+    def __init__(self, threads=None, max_in_flight=None):
+        super().__init__(threads, max_in_flight)
+        self._squared = Metrics.counter("test", "squared")
+
+    def work(self, number: int) -> list:
+        time.sleep(0.002 * (number % 5))
+        outputs = [number * number]
+        if number % 2:
+            outputs.append(beam.pvalue.TaggedOutput("odd", number))
+        return outputs
+
+    def emitted(self, output) -> None:
+        if not isinstance(output, beam.pvalue.TaggedOutput):
+            self._squared.inc()
+
+
+class Failing(ThreadedDoFn):
+    def work(self, number: int) -> list:
+        raise RuntimeError(f"cannot handle {number}")
+
+
+def test_outputs_keep_their_windows_timestamps_and_tags():
+    numbers = list(range(40))
+    with test_pipeline.TestPipeline() as pipeline:
+        results = (
+            pipeline
+            | beam.Create(numbers)
+            | beam.Map(lambda n: window.TimestampedValue(n, n))
+            | beam.WindowInto(window.FixedWindows(10))
+            | beam.ParDo(SlowSquares(threads=3, max_in_flight=4)).with_outputs(
+                "odd", main="squares"
+            )
+        )
+        assert_that(
+            results.squares
+            | beam.Map(
+                lambda square, w=beam.DoFn.WindowParam, t=beam.DoFn.TimestampParam: (
+                    square,
+                    int(w.start),
+                    int(t),
+                )
+            ),
+            equal_to([(n * n, n // 10 * 10, n) for n in numbers]),
+            label="CheckSquares",
+        )
+        assert_that(
+            results.odd | beam.Map(lambda n, w=beam.DoFn.WindowParam: (n, int(w.start))),
+            equal_to([(n, n // 10 * 10) for n in numbers if n % 2]),
+            label="CheckOdd",
+        )
+
+
+def test_counters_bumped_in_emitted_are_recorded():
+    pipeline = beam.Pipeline()
+    _ = pipeline | beam.Create(range(25)) | beam.ParDo(SlowSquares(threads=2))
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(MetricsFilter().with_name("squared"))["counters"]
+    assert [counter.committed for counter in counters] == [25]
+
+
+def test_outputs_leave_in_input_order_and_in_flight_stays_bounded():
+    fn = SlowSquares(threads=4, max_in_flight=3)
+    fn.setup()
+    fn.start_bundle()
+    emitted = []
+    try:
+        for number in range(30):
+            element = WindowedValue(number, 0, [window.GlobalWindow()])
+            outputs = fn.process(element.value, element.timestamp, element.windows[0])
+            emitted += [output for output in outputs if isinstance(output, WindowedValue)]
+            assert len(fn._pending) <= 3
+        emitted += [output for output in fn.finish_bundle() if isinstance(output, WindowedValue)]
+    finally:
+        fn.teardown()
+    assert [output.value for output in emitted] == [n * n for n in range(30)]
+
+
+class Meet(ThreadedDoFn):
+    """Two elements must be in ``work`` at the same time to pass the barrier."""
+
+    def setup(self):
+        super().setup()
+        self._barrier = threading.Barrier(2, timeout=10)
+
+    def work(self, number: int) -> list:
+        self._barrier.wait()
+        return [threading.get_ident()]
+
+
+def test_work_runs_on_several_threads_at_once():
+    with test_pipeline.TestPipeline() as pipeline:
+        threads = (
+            pipeline
+            | beam.Create([1, 2])
+            | beam.ParDo(Meet(threads=2))
+            | beam.combiners.Count.PerElement()
+            | beam.combiners.Count.Globally()
+        )
+        assert_that(threads, equal_to([2]))
+
+
+def test_an_error_in_work_fails_the_pipeline():
+    with pytest.raises(Exception, match="cannot handle"):
+        with test_pipeline.TestPipeline() as pipeline:
+            _ = pipeline | beam.Create([1, 2, 3]) | beam.ParDo(Failing(threads=2))
+
+
+@pytest.mark.parametrize(("threads", "in_flight"), [(0, None), (None, 0)])
+def test_bad_pool_sizes_are_refused(threads, in_flight):
+    with pytest.raises(ValueError, match="must be at least 1"):
+        SlowSquares(threads, in_flight)
+
+
+def test_available_cores_is_positive():
+    assert available_cores() >= 1
