@@ -187,8 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     devices.add_argument(
         "--mixed-precision",
-        action="store_true",
-        help="mixed_float16 on GPU, mixed_bfloat16 on CPU (float32 logits)",
+        nargs="?",
+        const="on",
+        default=DEFAULTS.mixed_precision,
+        choices=("auto", "on", "off"),
+        help="float16 (GPU) / bfloat16 (CPU) compute with float32 weights: auto (default) "
+        "where the hardware computes it natively; on (the flag alone); off",
     )
     devices.add_argument(
         "--validation-freq",

@@ -59,7 +59,10 @@ class TrainConfig:
       min_crop_scale: smallest random square crop, as a fraction of the side (1: no crops).
       colour_jitter: strength of brightness/contrast/saturation jitter (0: none).
       shuffle_buffer: training shuffle buffer, in examples.
-      mixed_precision: float16 (GPU) or bfloat16 (CPU) compute, float32 weights.
+      mixed_precision: ``auto`` (float16 compute on GPUs with tensor cores,
+        bfloat16 on CPUs with native bfloat16, float32 elsewhere), ``on``
+        (float16 on GPUs, bfloat16 on CPUs) or ``off``; weights, logits and the
+        exported model stay float32 (``True``/``False`` read as on/off).
       gpus: GPUs to use: None for all visible, ``"N"`` for the first N
         (``"0"``: CPU only), or a list of indices ``"0,2"``.
       validation_freq: run the full evaluation split every this many epochs
@@ -97,7 +100,7 @@ class TrainConfig:
     min_crop_scale: float = 1.0
     colour_jitter: float = 0.0
     shuffle_buffer: int = 1000
-    mixed_precision: bool = False
+    mixed_precision: str = "auto"
     gpus: str | None = None
     validation_freq: int = 1
     plot_examples: int = 3
@@ -107,10 +110,13 @@ class TrainConfig:
     def __post_init__(self):
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
+        if isinstance(self.mixed_precision, bool):
+            object.__setattr__(self, "mixed_precision", "on" if self.mixed_precision else "off")
         self._check()
 
     def _check(self) -> None:
         # Imported here so `train.py --help` answers without loading TensorFlow.
+        from petseg.distribute import PRECISIONS
         from petseg.model import VALID_ALPHAS
 
         def require(condition: bool, message: str) -> None:
@@ -195,6 +201,10 @@ class TrainConfig:
         require(
             not (self.dataset == "synthetic" and (self.data_dir or self.images_dir)),
             "--dataset synthetic reads no files; drop --data-dir/--images-dir",
+        )
+        require(
+            self.mixed_precision in PRECISIONS,
+            f"mixed precision must be one of {PRECISIONS}, got {self.mixed_precision!r}",
         )
         require(
             self.plot_examples >= 0, f"plot examples must be 0 or more, got {self.plot_examples}"

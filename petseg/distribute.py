@@ -100,10 +100,52 @@ def global_batch_size(num_replicas: int, per_replica: int, global_size: int | No
     return global_size
 
 
-def compute_policy_name(mixed_precision: bool, on_gpu: bool) -> str:
-    """``mixed_float16`` on GPUs (tensor cores), ``mixed_bfloat16`` on CPUs, else ``float32``."""
-    if not mixed_precision:
+PRECISIONS = ("auto", "on", "off")
+# CPU features that compute bfloat16 dot products natively (AVX-512 BF16, AMX).
+_CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 natively; elsewhere it is emulated, and slower."""
+    try:
+        with open(cpuinfo, encoding="utf-8") as file:
+            flags = next((line.split() for line in file if line.startswith("flags")), [])
+    except OSError:  # Not Linux: assume not.
+        return False
+    return any(flag in flags for flag in _CPU_BF16_FLAGS)
+
+
+def gpus_have_tensor_cores() -> bool:
+    """Whether every visible GPU has float16 tensor cores (compute capability 7.0 or later)."""
+    gpus = tf.config.list_physical_devices("GPU")
+    capabilities = [
+        tf.config.experimental.get_device_details(gpu).get("compute_capability", (0, 0))
+        for gpu in gpus
+    ]
+    return bool(gpus) and all(tuple(capability) >= (7, 0) for capability in capabilities)
+
+
+def compute_policy_name(mixed_precision: str | bool, on_gpu: bool) -> str:
+    """The Keras dtype policy for ``--mixed-precision`` on this hardware.
+
+    ``on``: ``mixed_float16`` on GPUs, ``mixed_bfloat16`` on CPUs. ``auto``:
+    the same where the hardware computes it natively (tensor cores;
+    AVX-512 BF16 or AMX), else ``float32``. ``off``: ``float32``. A bool
+    means on or off.
+
+    Raises:
+      ConfigError: an unknown setting.
+    """
+    if isinstance(mixed_precision, bool):
+        mixed_precision = "on" if mixed_precision else "off"
+    if mixed_precision not in PRECISIONS:
+        raise ConfigError(f"mixed precision must be one of {PRECISIONS}, got {mixed_precision!r}")
+    if mixed_precision == "off":
         return "float32"
+    if mixed_precision == "auto":
+        native = gpus_have_tensor_cores() if on_gpu else cpu_has_native_bfloat16()
+        if not native:
+            return "float32"
     return "mixed_float16" if on_gpu else "mixed_bfloat16"
 
 

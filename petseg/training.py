@@ -305,8 +305,13 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
                 )
 
         serving_model = model
-        if config.serving_size != config.image_size:
-            serving_model = resize_unet(model, config.serving_size, config.alpha, config.dropout)
+        if policy != "float32" or config.serving_size != config.image_size:
+            # Served in float32 whatever precision trained the weights, so a
+            # worker's masks depend neither on that nor on its hardware.
+            with precision_policy("float32"):
+                serving_model = resize_unet(
+                    model, config.serving_size, config.alpha, config.dropout
+                )
         serve = serving_function(serving_model, config.serving_size, config.tta_flip)
         matrix, resolution = final_evaluation(serve, model, config, data, batch_size)
         metrics = metrics_from_confusion(matrix, CLASS_NAMES)
@@ -342,6 +347,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
                     "global_batch_size": batch_size,
                     "steps_per_epoch": steps_per_epoch,
                     "epochs": config.total_epochs,
+                    "precision": policy,
                     "data": data.description,
                 },
             },

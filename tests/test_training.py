@@ -161,24 +161,56 @@ def test_train_and_evaluate_runs_both_phases_and_exports(tmp_path):
 
 
 @pytest.mark.slow
-def test_mixed_precision_trains_in_bfloat16_on_cpu_and_resets_the_policy(tmp_path):
+def test_mixed_precision_trains_in_bfloat16_exports_float32_and_resets_the_policy(tmp_path):
     import keras
 
+    from petseg.export import read_model_info
     from petseg.training import train_and_evaluate
 
     config = TrainConfig(
-        **{**TINY, "fine_tune_epochs": 0, "steps_per_epoch": 1}, mixed_precision=True
+        **{**TINY, "fine_tune_epochs": 0, "steps_per_epoch": 1}, mixed_precision="on"
     )
     result = train_and_evaluate(config, str(tmp_path / "run"))
     assert math.isfinite(result.history["loss"][0])
     assert keras.mixed_precision.global_policy().name == "float32"
+    assert read_model_info(result.export_dir).metadata["training"]["precision"] == "mixed_bfloat16"
+    # Served in float32: masks do not depend on how the weights were trained.
     reloaded = keras.saving.load_model(
         os.path.join(result.export_dir, "model.keras"), compile=False
     )
-    assert (
-        reloaded.get_layer("decoder_block_1_conv_transpose").dtype_policy.name == "mixed_bfloat16"
-    )
-    assert reloaded.get_layer("logits").dtype_policy.name == "float32"
+    assert {layer.dtype_policy.name for layer in reloaded.layers} == {"float32"}
+
+
+def test_mixed_precision_setting(monkeypatch):
+    from petseg import distribute
+
+    assert TrainConfig(mixed_precision=True).mixed_precision == "on"
+    assert TrainConfig(mixed_precision=False).mixed_precision == "off"
+    assert TrainConfig().mixed_precision == "auto"
+    with pytest.raises(ConfigError, match="mixed precision must be one of"):
+        TrainConfig(mixed_precision="sometimes")
+    for native in (True, False):
+        monkeypatch.setattr(distribute, "cpu_has_native_bfloat16", lambda native=native: native)
+        monkeypatch.setattr(distribute, "gpus_have_tensor_cores", lambda native=native: native)
+        expected_cpu, expected_gpu = (
+            ("mixed_bfloat16", "mixed_float16") if native else ("float32", "float32")
+        )
+        assert compute_policy_name("auto", on_gpu=False) == expected_cpu
+        assert compute_policy_name("auto", on_gpu=True) == expected_gpu
+        assert compute_policy_name("on", on_gpu=False) == "mixed_bfloat16"
+        assert compute_policy_name("off", on_gpu=True) == "float32"
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
+    from petseg.distribute import cpu_has_native_bfloat16
+
+    with_flag = tmp_path / "with"
+    with_flag.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n")
+    without = tmp_path / "without"
+    without.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+    assert cpu_has_native_bfloat16(str(with_flag))
+    assert not cpu_has_native_bfloat16(str(without))
+    assert not cpu_has_native_bfloat16(str(tmp_path / "missing"))
 
 
 @pytest.mark.slow
