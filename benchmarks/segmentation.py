@@ -1,7 +1,9 @@
 """Segmentation throughput: the model's own limit, the Beam job, and a tutorial-style loop.
 
-All three segment the same generated 500 x 375 JPEGs with the same exported
-model, in one process where possible, and each is repeated; medians are reported.
+All of them segment the same generated 500 x 375 JPEGs with the same exported
+model, in one process where possible. :func:`compare` runs each once per
+round and repeats the rounds, so drift in the machine's load hits all alike;
+medians are reported.
 """
 
 from __future__ import annotations
@@ -17,25 +19,30 @@ import numpy as np
 from benchmarks.common import median, peak_rss_mib, timed
 
 
-def model_limit(export_dir: str, batch_size: int, batches: int, repeats: int) -> dict:
-    """Images/s of the serving function on pre-decoded, pre-resized batches (no I/O)."""
-    import tensorflow as tf
+class ModelLimit:
+    """The exported serving function on one pre-decoded, pre-resized batch: no I/O at all."""
 
-    from petseg.export import load_serving_model
+    def __init__(self, export_dir: str, batch_size: int, batches: int):
+        import tensorflow as tf
 
-    serve, info = load_serving_model(export_dir)
-    rng = np.random.default_rng(0)
-    batch = tf.constant(
-        rng.integers(0, 256, (batch_size, info.image_size, info.image_size, 3), dtype=np.uint8)
-    )
-    serve(images=batch)  # trace and warm up
-    rates = []
-    for _ in range(repeats):
-        seconds = timed(
-            lambda: [serve(images=batch)["probabilities"].numpy() for _ in range(batches)]
+        from petseg.export import load_serving_model
+
+        self._serve, info = load_serving_model(export_dir)
+        rng = np.random.default_rng(0)
+        self._batch = tf.constant(
+            rng.integers(0, 256, (batch_size, info.image_size, info.image_size, 3), dtype=np.uint8)
         )
-        rates.append(batch_size * batches / seconds)
-    return {"images_per_second": median(rates), "runs": rates, "batch_size": batch_size}
+        self._batches = batches
+        self._serve(images=self._batch)  # trace and warm up
+
+    def images_per_second(self) -> float:
+        seconds = timed(
+            lambda: [
+                self._serve(images=self._batch)["probabilities"].numpy()
+                for _ in range(self._batches)
+            ]
+        )
+        return int(self._batch.shape[0]) * self._batches / seconds
 
 
 def _job_flags(input_dir: str, export_dir: str, output: str) -> list[str]:
@@ -51,54 +58,142 @@ def _job_flags(input_dir: str, export_dir: str, output: str) -> list[str]:
     ]
 
 
-def job(input_dir: str, export_dir: str, count: int, repeats: int, extra: list[str]) -> dict:
-    """Images/s of ``beam_jobs.segment`` end to end (wall time from submit to summary)."""
+def job_seconds(
+    input_dir: str, count: int, export_dir: str, workdir: str, extra: list[str]
+) -> float:
+    """Seconds from submitting ``beam_jobs.segment`` to its summary, outputs in ``workdir``."""
     from beam_jobs import segment
 
-    rates = []
-    for _ in range(repeats):
-        output = tempfile.mkdtemp(prefix="petseg-bench-out-")
-        try:
-            started = time.perf_counter()
-            summary = segment.run([*_job_flags(input_dir, export_dir, output), *extra])
-            seconds = time.perf_counter() - started
-        finally:
-            shutil.rmtree(output, ignore_errors=True)
-        if summary["masks_written"] != count:
-            raise RuntimeError(f"job wrote {summary['masks_written']} masks of {count}")
-        rates.append(count / seconds)
-    return {"images_per_second": median(rates), "runs": rates, "flags": extra}
+    output = tempfile.mkdtemp(prefix="out-", dir=workdir)
+    try:
+        started = time.perf_counter()
+        summary = segment.run([*_job_flags(input_dir, export_dir, output), *extra])
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
+    if summary["masks_written"] != count:
+        raise RuntimeError(f"job wrote {summary['masks_written']} masks of {count}")
+    return seconds
 
 
-def naive_loop(paths: list[str], export_dir: str, repeats: int) -> dict:
+def job_round(
+    inputs: tuple[str, int],
+    one_batch: tuple[str, int],
+    export_dir: str,
+    workdir: str,
+    extra: list[str],
+) -> dict[str, float]:
+    """One run of the job on all N images and one on a single batch.
+
+    The single batch's time is the job's fixed cost (building the pipeline,
+    loading the model, the grouping steps); the difference between the two
+    runs gives the rate at which images flow once the job is going:
+    ``(N - n) / (t_N - t_n)``.
+    """
+    (folder, count), (small_folder, small_count) = inputs, one_batch
+    small = job_seconds(small_folder, small_count, export_dir, workdir, extra)
+    seconds = job_seconds(folder, count, export_dir, workdir, extra)
+    return {
+        "images_per_second": count / seconds,
+        "steady_images_per_second": (count - small_count) / (seconds - small),
+        "one_batch_seconds": small,
+    }
+
+
+class NaiveLoop:
     """What a tutorial user writes: per file, decode, ``model.predict`` one image, save a PNG."""
-    import keras
-    import tensorflow as tf
-    from PIL import Image
 
-    model = keras.models.load_model(os.path.join(export_dir, "model.keras"))
-    size = int(model.input_shape[1])
-    rates = []
-    for _ in range(repeats):
-        output = tempfile.mkdtemp(prefix="petseg-bench-naive-")
+    def __init__(self, export_dir: str, paths: list[str], workdir: str):
+        import keras
+
+        import petseg.layers  # noqa: F401  (registers the model's layers with Keras)
+
+        self._model = keras.models.load_model(os.path.join(export_dir, "model.keras"))
+        self._size = int(self._model.input_shape[1])
+        self._paths = paths
+        self._workdir = workdir
+
+    def images_per_second(self) -> float:
+        import tensorflow as tf
+        from PIL import Image
+
+        output = tempfile.mkdtemp(prefix="naive-", dir=self._workdir)
         try:
             started = time.perf_counter()
-            for path in paths:
+            for path in self._paths:
                 image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-                image = tf.image.resize(image, (size, size))
-                logits = model.predict(image[tf.newaxis, ...], verbose=0)
+                image = tf.image.resize(image, (self._size, self._size))
+                logits = self._model.predict(image[tf.newaxis, ...], verbose=0)
                 mask = np.argmax(logits[0], axis=-1).astype(np.uint8)
                 name = os.path.splitext(os.path.basename(path))[0] + ".png"
                 Image.fromarray(mask).save(os.path.join(output, name))
-            rates.append(len(paths) / (time.perf_counter() - started))
+            return len(self._paths) / (time.perf_counter() - started)
         finally:
             shutil.rmtree(output, ignore_errors=True)
-    return {"images_per_second": median(rates), "runs": rates}
 
 
-def job_peak_memory(input_dir: str, export_dir: str) -> float:
+def compare(
+    export_dir: str,
+    inputs: tuple[str, int],
+    one_batch: tuple[str, int],
+    naive_paths: list[str],
+    workdir: str,
+    batch_size: int,
+    repeats: int,
+) -> dict:
+    """Model limit, the job in-process and with 2 worker processes, the naive loop; alternated."""
+    limit = ModelLimit(export_dir, batch_size, max(2, inputs[1] // batch_size))
+    naive = NaiveLoop(export_dir, naive_paths, workdir)
+    flags = ["--max-batch-size", str(batch_size)]
+    modes = {
+        "job_in_process": flags,
+        "job_multi_processing_2": [
+            *flags,
+            "--direct_running_mode",
+            "multi_processing",
+            "--direct_num_workers",
+            "2",
+        ],
+    }
+    runs: dict[str, list] = {"model_limit": [], "naive_loop": [], **{mode: [] for mode in modes}}
+    for round_number in range(repeats):
+        runs["model_limit"].append(limit.images_per_second())
+        for mode, extra in modes.items():
+            runs[mode].append(job_round(inputs, one_batch, export_dir, workdir, extra))
+        runs["naive_loop"].append(naive.images_per_second())
+        print(
+            f"  round {round_number + 1}: limit {runs['model_limit'][-1]:.1f}, job "
+            f"{runs['job_in_process'][-1]['images_per_second']:.1f} (steady "
+            f"{runs['job_in_process'][-1]['steady_images_per_second']:.1f}), 2 processes "
+            f"{runs['job_multi_processing_2'][-1]['images_per_second']:.1f}, naive "
+            f"{runs['naive_loop'][-1]:.1f} images/s",
+            flush=True,
+        )
+    result = {
+        "model_limit": {
+            "images_per_second": median(runs["model_limit"]),
+            "runs": runs["model_limit"],
+            "batch_size": batch_size,
+        },
+        "naive_loop": {
+            "images_per_second": median(runs["naive_loop"]),
+            "runs": runs["naive_loop"],
+            "images": len(naive_paths),
+        },
+    }
+    for mode, extra in modes.items():
+        result[mode] = {
+            key: median([run[key] for run in runs[mode]])
+            for key in ("images_per_second", "steady_images_per_second", "one_batch_seconds")
+        }
+        result[mode]["runs"] = runs[mode]
+        result[mode]["flags"] = extra
+    return result
+
+
+def job_peak_memory(input_dir: str, export_dir: str, workdir: str) -> float:
     """Peak resident MiB of the in-process DirectRunner job over ``input_dir``."""
-    output = tempfile.mkdtemp(prefix="petseg-bench-rss-")
+    output = tempfile.mkdtemp(prefix="rss-", dir=workdir)
     try:
         mib, _ = peak_rss_mib(
             [sys.executable, "-m", "beam_jobs.segment", *_job_flags(input_dir, export_dir, output)]

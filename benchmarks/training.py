@@ -1,9 +1,17 @@
-"""Training throughput: petseg's pipeline against the seed tutorial's recipe.
+"""Training: petseg's recipe against the seed tutorial's, same model size, same batch, same data.
 
-Both train the same U-Net (same size, width, frozen encoder, batch size) on
-the same decoded images; only the input pipeline and the step set-up differ.
+The tutorial's recipe is rebuilt here as its notebook writes it: its model
+(MobileNetV2 and pix2pix upsample blocks made of Keras' own layers, fed
+float [0, 1] pixels), its pipeline (cache, shuffle, batch 64, repeat, the
+``Augment`` flip layers mapped over batches, prefetch) and its compile
+(Adam, accuracy). petseg's side is ``petseg.training``'s own pieces: its
+model, input pipeline, compile and precision policy. Both train with the
+encoder frozen, as the tutorial does.
+
 Throughput is timed over steps after warm-up (the first steps trace the
-graph and fill the caches).
+graph and fill the caches). Accuracy is compared after the tutorial's 20
+epochs of each recipe, on the held-out test images, scored alike at the
+model's size.
 """
 
 from __future__ import annotations
@@ -11,12 +19,14 @@ from __future__ import annotations
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import median
 
 TUTORIAL_BATCH = 64
 TUTORIAL_BUFFER = 1000
+TUTORIAL_EPOCHS = 20
 
 
 class TutorialAugment(keras.layers.Layer):
@@ -29,6 +39,45 @@ class TutorialAugment(keras.layers.Layer):
 
     def call(self, inputs, labels):
         return self.augment_inputs(inputs), self.augment_labels(labels)
+
+
+def _pix2pix_upsample(filters: int, size: int) -> keras.Sequential:
+    # tensorflow_examples' pix2pix.upsample(filters, size), without dropout.
+    return keras.Sequential(
+        [
+            keras.layers.Conv2DTranspose(
+                filters,
+                size,
+                strides=2,
+                padding="same",
+                kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
+                use_bias=False,
+            ),
+            keras.layers.BatchNormalization(),
+            keras.layers.ReLU(),
+        ]
+    )
+
+
+def tutorial_unet(image_size: int, alpha: float, weights: str | None) -> keras.Model:
+    """The tutorial's ``unet_model(3)``, with its frozen ``down_stack``."""
+    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
+
+    base = keras.applications.MobileNetV2(
+        input_shape=[image_size, image_size, 3], include_top=False, alpha=alpha, weights=weights
+    )
+    down_stack = keras.Model(
+        inputs=base.input, outputs=[base.get_layer(name).output for name in SKIP_LAYER_NAMES]
+    )
+    down_stack.trainable = False
+    inputs = keras.layers.Input(shape=[image_size, image_size, 3])
+    skips = down_stack(inputs)
+    x = skips[-1]
+    for filters, skip in zip(DECODER_FILTERS, reversed(skips[:-1]), strict=True):
+        x = _pix2pix_upsample(filters, 3)(x)
+        x = keras.layers.Concatenate()([x, skip])
+    x = keras.layers.Conv2DTranspose(filters=3, kernel_size=3, strides=2, padding="same")(x)
+    return keras.Model(inputs=inputs, outputs=x)
 
 
 def tutorial_batches(
@@ -74,6 +123,68 @@ def original_pairs(examples) -> tf.data.Dataset:
     )
 
 
+class Recipe:
+    """A compiled model, its training stream, and the scale its model wants pixels at."""
+
+    def __init__(
+        self,
+        name: str,
+        model: keras.Model,
+        batches: tf.data.Dataset,
+        policy: str,
+        pixel_scale: float,
+    ):
+        self.name = name
+        self.model = model
+        self.batches = batches
+        self.policy = policy
+        self.pixel_scale = pixel_scale
+
+
+class TutorialRecipe(Recipe):
+    def __init__(self, examples, image_size: int, alpha: float, weights: str | None):
+        keras.utils.set_random_seed(0)
+        model = tutorial_unet(image_size, alpha, weights)
+        model.compile(
+            optimizer="adam",
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+            metrics=["accuracy"],
+        )
+        batches = tutorial_batches(original_pairs(examples), image_size, TUTORIAL_BATCH)
+        # The tutorial feeds [0, 1]; petseg's model scales 0-255 itself.
+        super().__init__("tutorial", model, batches, "float32", 1.0 / 255.0)
+
+
+class PetsegRecipe(Recipe):
+    def __init__(
+        self, examples, image_size: int, alpha: float, weights: str | None, mixed_precision: str
+    ):
+        from petseg.config import TrainConfig
+        from petseg.data import TRIMAP_TO_CLASS, AugmentConfig, files_dataset, train_batches
+        from petseg.distribute import compute_policy_name, precision_policy
+        from petseg.model import build_unet
+        from petseg.training import compile_model
+
+        config = TrainConfig(
+            dataset="synthetic",
+            image_size=image_size,
+            alpha=alpha,
+            encoder_weights=weights or "none",
+            batch_size=TUTORIAL_BATCH,
+            mixed_precision=mixed_precision,
+        )
+        policy = compute_policy_name(
+            mixed_precision, on_gpu=bool(tf.config.list_physical_devices("GPU"))
+        )
+        keras.utils.set_random_seed(0)
+        with precision_policy(policy):
+            model = build_unet(image_size, alpha=alpha, encoder_weights=weights)
+            compile_model(model, config, config.learning_rate, 1)
+        dataset = files_dataset(examples, image_size, TRIMAP_TO_CLASS)
+        batches = train_batches(dataset, TUTORIAL_BATCH, AugmentConfig(flip=True))
+        super().__init__(f"petseg ({policy})", model, batches, policy, 1.0)
+
+
 class StepTimer(keras.callbacks.Callback):
     """Records when each training step ends."""
 
@@ -85,94 +196,121 @@ class StepTimer(keras.callbacks.Callback):
         self.ends.append(time.perf_counter())
 
 
-def _steps_per_second(
-    model: keras.Model, batches: tf.data.Dataset, warmup: int, steps: int
-) -> float:
-    # One fit, timed between the end of the last warm-up step and the end of the last step.
+def images_per_second(recipe: Recipe, warmup: int, steps: int) -> float:
+    """One fit, timed from the end of the last warm-up step to the end of the last step."""
     timer = StepTimer()
-    model.fit(batches, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer])
-    return steps / (timer.ends[-1] - timer.ends[warmup - 1])
-
-
-def tutorial_rate(
-    examples, image_size: int, alpha: float, weights, warmup: int, steps: int
-) -> float:
-    """Images/s of the tutorial's recipe: its pipeline, Adam, accuracy only."""
-    from petseg.model import build_unet
-
-    keras.utils.set_random_seed(0)
-    model = build_unet(image_size, alpha=alpha, encoder_weights=weights)
-    model.compile(
-        optimizer="adam",
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
+    recipe.model.fit(
+        recipe.batches, steps_per_epoch=warmup + steps, epochs=1, verbose=0, callbacks=[timer]
     )
-    batches = tutorial_batches(original_pairs(examples), image_size, TUTORIAL_BATCH)
-    return TUTORIAL_BATCH * _steps_per_second(model, batches, warmup, steps)
+    return TUTORIAL_BATCH * steps / (timer.ends[-1] - timer.ends[warmup - 1])
 
 
-def petseg_rate(
-    examples,
-    image_size: int,
-    alpha: float,
-    weights,
-    warmup: int,
-    steps: int,
-    mixed_precision: bool = False,
-) -> float:
-    """Images/s of ``petseg.training``'s pipeline, model set-up and compile."""
-    from petseg.config import TrainConfig
-    from petseg.data import TRIMAP_TO_CLASS, AugmentConfig, files_dataset, train_batches
-    from petseg.distribute import compute_policy_name, precision_policy
-    from petseg.model import build_unet
-    from petseg.training import compile_model
-
-    config = TrainConfig(
-        dataset="synthetic",
-        image_size=image_size,
-        alpha=alpha,
-        encoder_weights=weights or "none",
-        batch_size=TUTORIAL_BATCH,
-        mixed_precision=mixed_precision,
-    )
-    keras.utils.set_random_seed(0)
-    with precision_policy(
-        compute_policy_name(mixed_precision, on_gpu=bool(tf.config.list_physical_devices("GPU")))
-    ):
-        model = build_unet(image_size, alpha=alpha, encoder_weights=weights)
-        compile_model(model, config, config.learning_rate, warmup + steps)
-        dataset = files_dataset(examples, image_size, TRIMAP_TO_CLASS)
-        batches = train_batches(dataset, TUTORIAL_BATCH, AugmentConfig(flip=True))
-        return TUTORIAL_BATCH * _steps_per_second(model, batches, warmup, steps)
+def pipeline_ms_per_batch(batches: tf.data.Dataset, warmup: int, count: int) -> dict:
+    """The input pipeline alone: wall and CPU milliseconds per batch, once its cache is full."""
+    iterator = iter(batches)
+    for _ in range(warmup):
+        next(iterator)
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(count):
+        next(iterator)
+    return {
+        "wall_ms": 1000 * (time.perf_counter() - started) / count,
+        "cpu_ms": 1000 * (time.process_time() - cpu) / count,
+    }
 
 
-def compare(
-    examples, image_size: int, alpha: float, weights, warmup: int, steps: int, repeats: int
+def scores_on(recipe: Recipe, test_examples, image_size: int) -> dict:
+    """Pixel accuracy and IoUs on the test pairs, at the model's size, the same labels for all."""
+    from petseg.classes import CLASS_NAMES, NUM_CLASSES
+    from petseg.data import TRIMAP_TO_CLASS
+    from petseg.data.files import lookup_table, read_pair
+    from petseg.metrics import confusion_matrix, metrics_from_confusion
+
+    table = lookup_table(TRIMAP_TO_CLASS)
+    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
+    pairs = [read_pair(example, table, image_size) for example in test_examples]
+    for start in range(0, len(pairs), 16):
+        chunk = pairs[start : start + 16]
+        pixels = np.stack([image for image, _ in chunk])
+        logits = recipe.model.predict(pixels.astype(np.float32) * recipe.pixel_scale, verbose=0)
+        labels = np.stack([mask[..., 0] for _, mask in chunk])
+        matrix += confusion_matrix(labels, np.argmax(logits, axis=-1), NUM_CLASSES)
+    return metrics_from_confusion(matrix, CLASS_NAMES)
+
+
+def compare_throughput(
+    examples, image_size: int, alpha: float, warmup: int, steps: int, repeats: int
 ) -> dict:
-    """Both recipes, alternated ``repeats`` times so drift in machine load hits both alike."""
-    tutorial, ours, ours_mixed = [], [], []
-    for _ in range(repeats):
-        tutorial.append(tutorial_rate(examples, image_size, alpha, weights, warmup, steps))
-        ours.append(petseg_rate(examples, image_size, alpha, weights, warmup, steps))
-        ours_mixed.append(
-            petseg_rate(examples, image_size, alpha, weights, warmup, steps, mixed_precision=True)
+    """Images/s of the tutorial, petseg as configured by default and petseg in float32.
+
+    The three alternate ``repeats`` times, so drift in machine load hits all alike.
+    """
+    makers = {
+        "tutorial": lambda: TutorialRecipe(examples, image_size, alpha, None),
+        "petseg": lambda: PetsegRecipe(examples, image_size, alpha, None, "auto"),
+        "petseg_float32": lambda: PetsegRecipe(examples, image_size, alpha, None, "off"),
+    }
+    runs: dict[str, list[float]] = {name: [] for name in makers}
+    policies, pipelines = {}, {}
+    for round_number in range(repeats):
+        for name, make in makers.items():
+            recipe = make()
+            policies[name] = recipe.policy
+            if round_number == 0:
+                pipelines[name] = pipeline_ms_per_batch(recipe.batches, warmup, steps)
+            runs[name].append(images_per_second(recipe, warmup, steps))
+        print(
+            "  round "
+            f"{round_number + 1}: "
+            + ", ".join(f"{name} {values[-1]:.1f}" for name, values in runs.items())
+            + " images/s",
+            flush=True,
         )
     result = {
-        "tutorial_images_per_second": median(tutorial),
-        "petseg_images_per_second": median(ours),
-        "petseg_mixed_precision_images_per_second": median(ours_mixed),
-        "runs": {"tutorial": tutorial, "petseg": ours, "petseg_mixed_precision": ours_mixed},
+        "images_per_second": {name: median(values) for name, values in runs.items()},
+        "runs": runs,
+        "policies": policies,
+        "input_pipeline": pipelines,
         "batch_size": TUTORIAL_BATCH,
         "image_size": image_size,
         "alpha": alpha,
         "steps_timed": steps,
     }
     result["ms_per_step"] = {
-        name: 1000.0 * TUTORIAL_BATCH / result[f"{name}_images_per_second"]
-        for name in ("tutorial", "petseg", "petseg_mixed_precision")
+        name: 1000.0 * TUTORIAL_BATCH / rate for name, rate in result["images_per_second"].items()
     }
-    result["speedup"] = result["petseg_images_per_second"] / result["tutorial_images_per_second"]
-    result["speedup_mixed_precision"] = (
-        result["petseg_mixed_precision_images_per_second"] / result["tutorial_images_per_second"]
-    )
+    tutorial = result["images_per_second"]["tutorial"]
+    result["speedup"] = {
+        name: rate / tutorial for name, rate in result["images_per_second"].items()
+    }
+    return result
+
+
+def compare_accuracy(
+    train_examples, test_examples, image_size: int, alpha: float, weights: str, epochs: int
+) -> dict:
+    """Both recipes from the same ImageNet encoder for ``epochs`` epochs, scored on the test set."""
+    steps = max(1, len(train_examples) // TUTORIAL_BATCH)
+    recipes = {
+        "tutorial": TutorialRecipe(train_examples, image_size, alpha, weights),
+        "petseg": PetsegRecipe(train_examples, image_size, alpha, weights, "auto"),
+    }
+    result = {"epochs": epochs, "steps_per_epoch": steps, "test_images": len(test_examples)}
+    for name, recipe in recipes.items():
+        started = time.perf_counter()
+        recipe.model.fit(recipe.batches, epochs=epochs, steps_per_epoch=steps, verbose=0)
+        seconds = time.perf_counter() - started
+        scores = scores_on(recipe, test_examples, image_size)
+        result[name] = {
+            "pixel_accuracy": scores["pixel_accuracy"],
+            "mean_iou": scores["mean_iou"],
+            "iou": scores["iou"],
+            "training_seconds": seconds,
+            "policy": recipe.policy,
+        }
+        print(
+            f"  {name}: pixel accuracy {scores['pixel_accuracy']:.3f}, mean IoU "
+            f"{scores['mean_iou']:.3f} after {epochs} epochs ({seconds:.0f} s)",
+            flush=True,
+        )
     return result

@@ -1,0 +1,42 @@
+"""The benchmark harness runs end to end on tiny sizes and reports every figure (no timing asserted)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks import run
+
+
+@pytest.mark.slow
+def test_quick_benchmark_reports_every_figure(tmp_path):
+    out = tmp_path / "results"
+    assert run.main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    results = json.loads((out / "results.json").read_text())
+
+    segmentation = results["segmentation"]
+    positive = [
+        segmentation["model_limit"]["images_per_second"],
+        segmentation["naive_loop"]["images_per_second"],
+        *(
+            segmentation[mode][key]
+            for mode in ("job_in_process", "job_multi_processing_2")
+            for key in ("images_per_second", "one_batch_seconds")
+        ),
+        *segmentation["peak_rss_mib"].values(),
+    ]
+    assert all(value > 0 for value in positive), segmentation
+    # At 16 images the steady-state difference is noise, but it is a number.
+    assert all(math.isfinite(value) for value in segmentation["ratios"].values())
+
+    training = results["training"]
+    assert set(training["images_per_second"]) == {"tutorial", "petseg", "petseg_float32"}
+    assert all(rate > 0 for rate in training["images_per_second"].values())
+    assert training["policies"]["petseg_float32"] == "float32"
+    assert training["accuracy"] is None  # --quick uses alpha 0.35; the weights are alpha 1.0
+
+    table = (out / "results.md").read_text()
+    for row in ("model limit", "job / model limit, steady state", "job / naive loop", "Training"):
+        assert row in table
