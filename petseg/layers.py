@@ -89,3 +89,73 @@ def with_fused_batch_norm(model: keras.Model) -> keras.Model:
     copy.set_weights(model.get_weights())
     copy.trainable = model.trainable
     return copy
+
+
+@keras.saving.register_keras_serializable(package="petseg")
+class ConcatConv2DTranspose(keras.layers.Conv2DTranspose):
+    """``Conv2DTranspose`` of the channel concatenation of its inputs, never building it.
+
+    A transposed convolution is linear in its input, so over ``concat([x, skip])``
+    it equals the sum of one transposed convolution per input, each with its
+    slice of the kernel. The kernel is the one a ``Conv2DTranspose`` on the
+    concatenation would hold (same shape, same layout, same initialisation),
+    so weights move between the two. Two things get cheaper: the
+    concatenation is never materialized, and an input that needs no gradient
+    (a frozen encoder's skip features) has its gradient convolution pruned
+    from the training graph instead of computed and sliced away.
+
+    Takes the arguments of ``keras.layers.Conv2DTranspose`` (channels last);
+    call it on a list of tensors, or on one.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.data_format != "channels_last":
+            raise ValueError(f"data_format must be channels_last, got {self.data_format!r}")
+        # The parent's spec describes one input; a list of them is checked in call().
+        self.input_spec = None
+        self._input_channels: list[int] = []
+
+    @staticmethod
+    def _shapes(input_shape) -> list[tuple]:
+        if input_shape and isinstance(input_shape[0], (list, tuple)):
+            return [tuple(shape) for shape in input_shape]
+        return [tuple(input_shape)]
+
+    def build(self, input_shape):
+        shapes = self._shapes(input_shape)
+        self._input_channels = [int(shape[-1]) for shape in shapes]
+        super().build(shapes[0][:-1] + (sum(self._input_channels),))
+        self.input_spec = None
+
+    def call(self, inputs):
+        inputs = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        channels = [int(tensor.shape[-1]) for tensor in inputs]
+        if channels != self._input_channels:
+            raise ValueError(
+                f"{self.name} was built for inputs of {self._input_channels} channels, "
+                f"got {channels}"
+            )
+        kernels = tf.split(self.kernel, channels, axis=-1)
+        outputs = None
+        for tensor, kernel in zip(inputs, kernels, strict=True):
+            part = keras.ops.conv_transpose(
+                tensor,
+                kernel,
+                strides=list(self.strides),
+                padding=self.padding,
+                output_padding=self.output_padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+            outputs = part if outputs is None else outputs + part
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape):
+        shapes = self._shapes(input_shape)
+        channels = sum(int(shape[-1]) for shape in shapes)
+        return super().compute_output_shape(shapes[0][:-1] + (channels,))

@@ -14,7 +14,7 @@ import os
 import keras
 
 from petseg.classes import NUM_CLASSES
-from petseg.layers import FusedBatchNormalization, with_fused_batch_norm
+from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization, with_fused_batch_norm
 
 # The tutorial's skip layers, from the highest resolution (S/2) to the lowest (S/32).
 SKIP_LAYER_NAMES: tuple[str, ...] = (
@@ -34,14 +34,18 @@ class EncoderWeightsError(RuntimeError):
 
 
 def upsample_block(
-    x: keras.KerasTensor, filters: int, kernel_size: int, dropout: float, name: str
+    inputs: list[keras.KerasTensor], filters: int, kernel_size: int, dropout: float, name: str
 ) -> keras.KerasTensor:
     """pix2pix's upsample: Conv2DTranspose(stride 2) -> BatchNorm -> [Dropout] -> ReLU.
 
+    ``inputs`` are the tensors pix2pix concatenates before the block (the
+    previous block's output and a skip connection, or the encoder's last
+    output alone); the transposed convolution reads them side by side
+    without copying them into one (:class:`petseg.layers.ConcatConv2DTranspose`).
     The batch normalization is Keras' layer run by TensorFlow's fused kernel
     (:class:`petseg.layers.FusedBatchNormalization`).
     """
-    x = keras.layers.Conv2DTranspose(
+    x = ConcatConv2DTranspose(
         filters,
         kernel_size,
         strides=2,
@@ -49,7 +53,7 @@ def upsample_block(
         kernel_initializer=keras.initializers.RandomNormal(mean=0.0, stddev=0.02),
         use_bias=False,
         name=f"{name}_conv_transpose",
-    )(x)
+    )(inputs)
     x = FusedBatchNormalization(name=f"{name}_batch_norm")(x)
     if dropout > 0:
         x = keras.layers.Dropout(dropout, name=f"{name}_dropout")(x)
@@ -149,16 +153,17 @@ def build_unet(
     # training=False keeps the encoder's BatchNorm in inference mode even when
     # it is unfrozen for fine-tuning, so a small batch cannot wreck its statistics.
     skips = encoder(x, training=False)
-    x = skips[-1]
+    # Each block's output goes on beside the skip features of its resolution.
+    features = [skips[-1]]
     for index, (filters, skip) in enumerate(
         zip(DECODER_FILTERS, reversed(skips[:-1]), strict=True)
     ):
-        x = upsample_block(x, filters, 3, dropout, name=f"decoder_block_{index + 1}")
-        x = keras.layers.Concatenate(name=f"decoder_skip_{index + 1}")([x, skip])
+        x = upsample_block(features, filters, 3, dropout, name=f"decoder_block_{index + 1}")
+        features = [x, skip]
     # Logits stay float32 under mixed precision: softmax and loss need the range.
-    logits = keras.layers.Conv2DTranspose(
+    logits = ConcatConv2DTranspose(
         num_classes, 3, strides=2, padding="same", dtype="float32", name="logits"
-    )(x)
+    )(features)
     return keras.Model(inputs=inputs, outputs=logits, name=name)
 
 

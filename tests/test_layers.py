@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from petseg.distribute import precision_policy
-from petseg.layers import FusedBatchNormalization, with_fused_batch_norm
+from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization, with_fused_batch_norm
 
 SHAPE = (4, 6, 5, 8)
 
@@ -111,3 +111,90 @@ def test_with_fused_batch_norm_copies_a_nested_model(inputs):
     assert isinstance(copy.get_layer("inner").get_layer("bn"), FusedBatchNormalization)
     assert not copy.get_layer("inner").trainable
     np.testing.assert_allclose(copy(inputs), outer(inputs), rtol=1e-5, atol=1e-5)
+
+
+def _stock_unet(image_size: int, alpha: float) -> keras.Model:
+    """The same U-Net written with Keras' stock layers only: Concatenate, Conv2DTranspose,
+    BatchNormalization (the tutorial's formulation, with petseg's input scaling)."""
+    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
+
+    backbone = keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, weights=None
+    )
+    encoder = keras.Model(
+        backbone.input, [backbone.get_layer(name).output for name in SKIP_LAYER_NAMES]
+    )
+    encoder.trainable = False
+    inputs = keras.Input((image_size, image_size, 3))
+    skips = encoder(keras.layers.Rescaling(1.0 / 127.5, offset=-1.0)(inputs), training=False)
+    x = skips[-1]
+    for filters, skip in zip(DECODER_FILTERS, reversed(skips[:-1]), strict=True):
+        x = keras.layers.Conv2DTranspose(filters, 3, strides=2, padding="same", use_bias=False)(x)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+        x = keras.layers.Concatenate()([x, skip])
+    return keras.Model(inputs, keras.layers.Conv2DTranspose(3, 3, strides=2, padding="same")(x))
+
+
+@pytest.mark.parametrize("encoder_trainable", [False, True])
+def test_petseg_unet_computes_what_the_stock_layers_compute(encoder_trainable):
+    from petseg.model import build_unet, set_encoder_trainable
+
+    petseg_model = build_unet(64, alpha=0.35, encoder_weights=None)
+    stock = _stock_unet(64, alpha=0.35)
+    rng = np.random.default_rng(3)
+    # Non-trivial batch-norm statistics everywhere, so every layer's arithmetic shows.
+    weights = [
+        w + rng.uniform(0.1, 0.5, w.shape).astype(np.float32) for w in petseg_model.get_weights()
+    ]
+    petseg_model.set_weights(weights)
+    stock.set_weights(weights)
+    set_encoder_trainable(petseg_model, encoder_trainable)
+    stock.layers[2].trainable = encoder_trainable
+    images = tf.constant(rng.integers(0, 256, (4, 64, 64, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, 3, (4, 64, 64)))
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    results = []
+    for model in (petseg_model, stock):
+        np.testing.assert_equal(model.count_params(), petseg_model.count_params())
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            value = loss(labels, logits)
+        results.append((logits, tape.gradient(value, model.trainable_weights)))
+    (petseg_logits, petseg_grads), (stock_logits, stock_grads) = results
+    np.testing.assert_allclose(petseg_logits, stock_logits, rtol=1e-3, atol=1e-3)
+    assert len(petseg_grads) == len(stock_grads)
+    differences = [float(tf.norm(p - s)) for p, s in zip(petseg_grads, stock_grads, strict=True)]
+    norms = [float(tf.norm(grad)) for grad in stock_grads]
+    assert np.linalg.norm(differences) < 1e-4 * np.linalg.norm(norms)
+    # Each weight too, but those whose gradient is float noise (a few of the frozen
+    # statistics' neighbours get 1e-10 of the total) have no meaningful relative error.
+    for difference, norm in zip(differences, norms, strict=True):
+        if norm > 1e-6 * np.linalg.norm(norms):
+            assert difference < 1e-2 * norm
+
+
+def test_concat_conv_transpose_reads_its_inputs_as_one_concatenation(tmp_path):
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.normal(size=(2, 5, 5, 6)).astype(np.float32))
+    skip = tf.constant(rng.normal(size=(2, 5, 5, 3)).astype(np.float32))
+    split = ConcatConv2DTranspose(4, 3, strides=2, padding="same", name="t")
+    whole = keras.layers.Conv2DTranspose(4, 3, strides=2, padding="same")
+    outputs = split([x, skip])
+    whole.build((2, 5, 5, 9))
+    whole.set_weights(split.get_weights())
+    np.testing.assert_allclose(outputs, whole(tf.concat([x, skip], -1)), atol=1e-5)
+    assert tuple(split.compute_output_shape([(2, 5, 5, 6), (2, 5, 5, 3)])) == (2, 10, 10, 4)
+    with pytest.raises(ValueError, match=r"built for inputs of \[6, 3\] channels, got \[6, 2\]"):
+        split([x, skip[..., :2]])
+
+    model_inputs = [keras.Input((5, 5, 6)), keras.Input((5, 5, 3))]
+    model = keras.Model(model_inputs, split(model_inputs))
+    model.save(tmp_path / "t.keras")
+    loaded = keras.models.load_model(tmp_path / "t.keras")
+    np.testing.assert_allclose(loaded([x, skip]), outputs, atol=1e-6)
+
+    single = ConcatConv2DTranspose(4, 3, strides=2, padding="same")
+    assert single(x).shape == (2, 10, 10, 4)
+    with pytest.raises(ValueError, match="channels_last"):
+        ConcatConv2DTranspose(4, 3, data_format="channels_first")
