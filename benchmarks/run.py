@@ -55,9 +55,12 @@ def run_segmentation(args) -> dict:
     print(f"  peak RSS {memory_small:.0f} MiB at N, {memory_large:.0f} MiB at 5N", flush=True)
     limit = result["model_limit"]["images_per_second"]
     job = result["job_in_process"]
+    with open(os.path.join(export_dir, "petseg.json"), encoding="utf-8") as file:
+        bench_model = json.load(file).get("bench_model", "")
     result.update(
         {
             "images": args.images,
+            "bench_model": bench_model,
             "model_image_size": args.image_size,
             "alpha": args.alpha,
             "peak_rss_mib": {"N": memory_small, "5N": memory_large},
@@ -147,8 +150,8 @@ def segmentation_markdown(seg: dict) -> list[str]:
     memory = seg["peak_rss_mib"]
     return [
         f"**Segmentation**, {seg['images']} JPEGs of 500x375, model {seg['model_image_size']} px, "
-        f"alpha {seg['alpha']}, batch {seg['model_limit']['batch_size']}, medians of "
-        f"{len(seg['model_limit']['runs'])} rounds:",
+        f"alpha {seg['alpha']} ({seg['bench_model']}), batch {seg['model_limit']['batch_size']}, "
+        f"medians of {len(seg['model_limit']['runs'])} rounds:",
         "",
         "| what | images/s end to end | images/s steady | start-up (s, one batch) |",
         "| --- | ---: | ---: | ---: |",

@@ -40,3 +40,24 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     table = (out / "results.md").read_text()
     for row in ("model limit", "job / model limit, steady state", "job / naive loop", "Training"):
         assert row in table
+
+
+@pytest.mark.slow
+def test_profile_accounts_for_every_step_and_model_call(tmp_path):
+    from benchmarks import profile
+
+    out = tmp_path / "results"
+    argv = ["--images", "12", "--image-size", "32", "--alpha", "0.35", "--batch-size", "4"]
+    assert profile.main([*argv, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    result = json.loads((out / "profile.json").read_text())
+
+    assert set(result["step_cpu_ms_per_image"]) == {
+        "DecodeImageFn",
+        "PostprocessFn",
+        "WriteMaskFn",
+        "ComputeImageStatsFn",
+    }
+    assert all(ms > 0 for ms in result["step_cpu_ms_per_image"].values())
+    assert result["model_calls"] >= 3  # 12 images in batches of at most 4
+    assert 0 < result["model_seconds"] < result["wall_seconds"]
+    assert result["standalone_call_ms"] > 0

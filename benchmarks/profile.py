@@ -1,0 +1,150 @@
+"""Where the segmentation job's time goes: CPU per image of each step, and the model's calls.
+
+python -m benchmarks.profile [--images 1000] [--workdir runs/bench]
+
+Runs ``beam_jobs.segment`` once in-process on the benchmark's JPEGs and
+model, with two probes: each threaded step's ``work`` records the CPU time
+its thread spent per image, and the model handler records the wall time of
+every model call and the gaps between calls. Printed as a table and written
+to ``OUT/profile.json``. The probes add a few microseconds per image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+from benchmarks import common
+
+
+def _probe_work(classes, cpu_seconds: collections.Counter, lock: threading.Lock) -> None:
+    for cls in classes:
+        work = cls.work
+
+        def timed_work(self, element, work=work, name=cls.__name__):
+            started = time.thread_time()
+            try:
+                return work(self, element)
+            finally:
+                with lock:
+                    cpu_seconds[name] += time.thread_time() - started
+
+        cls.work = timed_work
+
+
+def _probe_model(calls: list[tuple[float, float]]) -> None:
+    from petseg.beam.inference import ServingModel
+
+    probabilities = ServingModel.probabilities
+
+    def timed(self, images):
+        started = time.perf_counter()
+        try:
+            return probabilities(self, images)
+        finally:
+            calls.append((started, time.perf_counter()))
+
+    ServingModel.probabilities = timed
+
+
+def profile_job(input_dir: str, count: int, export_dir: str, workdir: str, extra=()) -> dict:
+    """One probed in-process run of the job; see the module docstring."""
+    import numpy as np
+
+    from beam_jobs import segment
+    from petseg.beam.decode import DecodeImageFn
+    from petseg.beam.postprocess import PostprocessFn
+    from petseg.beam.stats import ComputeImageStatsFn
+    from petseg.beam.write import WriteMaskFn
+
+    cpu_seconds: collections.Counter = collections.Counter()
+    calls: list[tuple[float, float]] = []
+    _probe_work(
+        (DecodeImageFn, PostprocessFn, WriteMaskFn, ComputeImageStatsFn),
+        cpu_seconds,
+        threading.Lock(),
+    )
+    _probe_model(calls)
+    output = tempfile.mkdtemp(prefix="profile-", dir=workdir)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    segment.run(
+        ["--input", input_dir, "--model", export_dir, "--output", output]
+        + ["--progress-interval", "0", *extra]
+    )
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    durations = np.array([end - start for start, end in calls])
+    gaps = np.array([calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1)])
+    return {
+        "images": count,
+        "wall_seconds": wall,
+        "process_cpu_ms_per_image": 1000 * cpu / count,
+        "step_cpu_ms_per_image": {
+            name: 1000 * seconds / count for name, seconds in cpu_seconds.items()
+        },
+        "model_calls": len(calls),
+        "model_call_ms_median": 1000 * float(np.median(durations)),
+        "model_seconds": float(durations.sum()),
+        "gaps_between_calls_seconds": float(gaps.sum()),
+        "before_first_call_seconds": calls[0][0] - started,
+        "after_last_call_seconds": started + wall - calls[-1][1],
+    }
+
+
+def standalone_call_ms(export_dir: str, batch_size: int, calls: int = 10) -> float:
+    """Median wall milliseconds of one serving call on a batch, with nothing else running."""
+    from benchmarks.segmentation import ModelLimit
+
+    limit = ModelLimit(export_dir, batch_size, 1)
+    rates = [limit.images_per_second() for _ in range(calls)]
+    return 1000 * batch_size / common.median(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="benchmarks.profile", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workdir", default=os.path.join("runs", "bench"))
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+    os.makedirs(args.workdir, exist_ok=True)
+    export_dir = common.export_bench_model(
+        os.path.join(args.workdir, f"model-{args.image_size}-{args.alpha}"),
+        args.image_size,
+        args.alpha,
+    )
+    folder = os.path.join(args.workdir, f"jpegs-{args.images}")
+    common.write_jpegs(folder, args.images)
+    result = profile_job(
+        folder, args.images, export_dir, args.workdir, ["--max-batch-size", str(args.batch_size)]
+    )
+    result["standalone_call_ms"] = standalone_call_ms(export_dir, args.batch_size)
+    per_image = result["step_cpu_ms_per_image"]
+    model_cpu = result["process_cpu_ms_per_image"] - sum(per_image.values())
+    lines = [
+        f"{args.images} images in {result['wall_seconds']:.1f} s; process CPU "
+        f"{result['process_cpu_ms_per_image']:.1f} ms per image, of which:",
+        *(f"  {name:22s} {ms:5.2f} ms" for name, ms in sorted(per_image.items())),
+        f"  {'model, Beam, start-up':22s} {model_cpu:5.2f} ms",
+        f"model: {result['model_calls']} calls, median {result['model_call_ms_median']:.0f} ms in "
+        f"the job vs {result['standalone_call_ms']:.0f} ms alone; {result['model_seconds']:.1f} s "
+        f"in calls, {result['gaps_between_calls_seconds']:.1f} s between them, "
+        f"{result['before_first_call_seconds']:.1f} s before the first, "
+        f"{result['after_last_call_seconds']:.1f} s after the last",
+    ]
+    print("\n".join(lines))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "profile.json"), "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
