@@ -8,6 +8,7 @@ medians are reported.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -191,13 +192,19 @@ def compare(
     return result
 
 
-def job_peak_memory(input_dir: str, export_dir: str, workdir: str) -> float:
-    """Peak resident MiB of the in-process DirectRunner job over ``input_dir``."""
+def job_peak_memory(input_dir: str, export_dir: str, workdir: str) -> tuple[float, float]:
+    """Peak resident MiB of the in-process DirectRunner job over ``input_dir``, and its images/s.
+
+    The rate is the one the job writes to its summary: from submitting the
+    pipeline to its end (model load included, interpreter start-up not).
+    """
     output = tempfile.mkdtemp(prefix="rss-", dir=workdir)
     try:
         mib, _ = peak_rss_mib(
             [sys.executable, "-m", "beam_jobs.segment", *_job_flags(input_dir, export_dir, output)]
         )
+        with open(os.path.join(output, "summary.json"), encoding="utf-8") as file:
+            rate = float(json.load(file)["images_per_second"])
     finally:
         shutil.rmtree(output, ignore_errors=True)
-    return mib
+    return mib, rate

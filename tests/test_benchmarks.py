@@ -26,6 +26,7 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
             for key in ("images_per_second", "one_batch_seconds")
         ),
         *segmentation["peak_rss_mib"].values(),
+        segmentation["job_5N_images_per_second"],
     ]
     assert all(value > 0 for value in positive), segmentation
     # At 16 images the steady-state difference is noise, but it is a number.
@@ -38,7 +39,13 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
     assert training["accuracy"] is None  # --quick uses alpha 0.35; the weights are alpha 1.0
 
     table = (out / "results.md").read_text()
-    for row in ("model limit", "job / model limit, steady state", "job / naive loop", "Training"):
+    for row in (
+        "model limit",
+        "job / model limit, end to end at 5N",
+        "job / model limit, steady state",
+        "job / naive loop",
+        "Training",
+    ):
         assert row in table
 
 
