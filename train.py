@@ -28,7 +28,13 @@ from collections.abc import Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from petseg.config import DATASETS, ConfigError, TrainConfig, parse_class_weights  # noqa: E402
+from petseg.config import (  # noqa: E402
+    DATASETS,
+    PRECISIONS,
+    ConfigError,
+    TrainConfig,
+    parse_class_weights,
+)
 
 PROG = "train.py"
 # Read from the dataclass, not an instance: --help then answers without loading TensorFlow.
@@ -190,8 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="on",
         default=DEFAULTS.mixed_precision,
-        choices=("auto", "on", "off"),
-        help="float16 (GPU) / bfloat16 (CPU) compute with float32 weights: auto (default) "
+        choices=PRECISIONS,
+        help="float16 (GPU) / bfloat16 (CPU) compute with float32 weights: auto "
         "where the hardware computes it natively; on (the flag alone); off",
     )
     devices.add_argument(

@@ -17,10 +17,25 @@ from typing import Any
 from petseg.classes import NUM_CLASSES
 
 DATASETS = ("oxford_iiit_pet", "synthetic")
+# --mixed-precision settings; see petseg.distribute.compute_policy_name.
+PRECISIONS = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
     """A configuration that cannot train; the message says which setting and why."""
+
+
+def precision_setting(mixed_precision: str | bool) -> str:
+    """A ``--mixed-precision`` setting as one of :data:`PRECISIONS`; a bool means on or off.
+
+    Raises:
+      ConfigError: an unknown setting.
+    """
+    if isinstance(mixed_precision, bool):
+        return "on" if mixed_precision else "off"
+    if mixed_precision not in PRECISIONS:
+        raise ConfigError(f"mixed precision must be one of {PRECISIONS}, got {mixed_precision!r}")
+    return mixed_precision
 
 
 @dataclass(frozen=True)
@@ -110,13 +125,11 @@ class TrainConfig:
     def __post_init__(self):
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
-        if isinstance(self.mixed_precision, bool):
-            object.__setattr__(self, "mixed_precision", "on" if self.mixed_precision else "off")
+        object.__setattr__(self, "mixed_precision", precision_setting(self.mixed_precision))
         self._check()
 
     def _check(self) -> None:
         # Imported here so `train.py --help` answers without loading TensorFlow.
-        from petseg.distribute import PRECISIONS
         from petseg.model import VALID_ALPHAS
 
         def require(condition: bool, message: str) -> None:
@@ -201,10 +214,6 @@ class TrainConfig:
         require(
             not (self.dataset == "synthetic" and (self.data_dir or self.images_dir)),
             "--dataset synthetic reads no files; drop --data-dir/--images-dir",
-        )
-        require(
-            self.mixed_precision in PRECISIONS,
-            f"mixed precision must be one of {PRECISIONS}, got {self.mixed_precision!r}",
         )
         require(
             self.plot_examples >= 0, f"plot examples must be 0 or more, got {self.plot_examples}"

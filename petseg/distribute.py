@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from petseg.config import ConfigError
+from petseg.config import ConfigError, precision_setting
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,6 @@ def global_batch_size(num_replicas: int, per_replica: int, global_size: int | No
     return global_size
 
 
-PRECISIONS = ("auto", "on", "off")
 # CPU features that compute bfloat16 dot products natively (AVX-512 BF16, AMX).
 _CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
@@ -136,10 +135,7 @@ def compute_policy_name(mixed_precision: str | bool, on_gpu: bool) -> str:
     Raises:
       ConfigError: an unknown setting.
     """
-    if isinstance(mixed_precision, bool):
-        mixed_precision = "on" if mixed_precision else "off"
-    if mixed_precision not in PRECISIONS:
-        raise ConfigError(f"mixed precision must be one of {PRECISIONS}, got {mixed_precision!r}")
+    mixed_precision = precision_setting(mixed_precision)
     if mixed_precision == "off":
         return "float32"
     if mixed_precision == "auto":
