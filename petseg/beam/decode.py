@@ -45,6 +45,14 @@ class DecodeImageFn(ThreadedDoFn):
 
     Reads and decodes on a thread pool (see :mod:`petseg.beam.threaded`); a
     file that cannot be read or decoded goes to ``errors`` with its stage.
+
+    Args:
+      image_size: the model's input side S.
+      max_pixels: images declaring more pixels are refused before decoding.
+      max_bytes: files larger than this are refused before reading.
+      keep_original: carry the decoded image along (for overlays).
+      threads: decoding threads per worker process (``None``: every core).
+      max_in_flight: images decoded ahead of the model, at most.
     """
 
     def __init__(
@@ -95,32 +103,15 @@ def _failure(source: SourceImage, stage: str, error: BaseException) -> beam.pval
 
 
 class DecodeImages(beam.PTransform):
-    """Reads and decodes images, then resizes them to the model's input size.
+    """Reads and decodes images to the model's input size.
 
-    Args:
-      image_size: the model's input side S.
-      max_pixels: images declaring more pixels are refused before decoding.
-      max_bytes: files larger than this are refused before reading.
-      keep_original: carry the decoded image along (for overlays).
-      threads: decoding threads per worker process (``None``: every core).
-      max_in_flight: images decoded ahead of the model, at most.
-
-    Returns a pair ``(keyed model inputs, errors)``.
+    Takes the arguments of :class:`DecodeImageFn`. Returns a pair
+    ``(keyed model inputs, errors)``.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
-        max_bytes: int = DEFAULT_MAX_FILE_BYTES,
-        keep_original: bool = False,
-        threads: int | None = None,
-        max_in_flight: int | None = None,
-    ):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self._decode = DecodeImageFn(
-            image_size, max_pixels, max_bytes, keep_original, threads, max_in_flight
-        )
+        self._decode = DecodeImageFn(*args, **kwargs)
 
     def expand(self, sources):
         decoded = sources | "DecodeImage" >> beam.ParDo(self._decode).with_outputs(

@@ -29,7 +29,11 @@ def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndar
 class PostprocessFn(ThreadedDoFn):
     """``(ImageKey, PredictionResult)`` -> :class:`Segmentation`, on a thread pool.
 
-    Failures go to ``errors``. Args as :class:`~petseg.beam.threaded.ThreadedDoFn`.
+    Failures go to ``errors``.
+
+    Args:
+      threads: postprocessing threads per worker process (``None``: every core).
+      max_in_flight: predictions held at once, at most.
     """
 
     def work(self, element: tuple[ImageKey, PredictionResult]) -> list:
@@ -50,14 +54,12 @@ class PostprocessFn(ThreadedDoFn):
 class PostprocessMasks(beam.PTransform):
     """Turns keyed predictions into full-size masks. Returns ``(segmentations, errors)``.
 
-    Args:
-      threads: postprocessing threads per worker process (``None``: every core).
-      max_in_flight: predictions held at once, at most.
+    Takes the arguments of :class:`PostprocessFn`.
     """
 
-    def __init__(self, threads: int | None = None, max_in_flight: int | None = None):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self._postprocess = PostprocessFn(threads, max_in_flight)
+        self._postprocess = PostprocessFn(*args, **kwargs)
 
     def expand(self, predictions):
         results = predictions | "UpsampleAndArgmax" >> beam.ParDo(self._postprocess).with_outputs(

@@ -107,8 +107,9 @@ class WriteMaskFn(ThreadedDoFn):
 
     Args:
       output: the job's output folder OUT.
-      overlays: also write colour overlays.
-      threads, max_in_flight: as :class:`~petseg.beam.threaded.ThreadedDoFn`.
+      overlays: also write colour overlays under ``OUT/overlays/``.
+      threads: writing threads per worker process (``None``: every core).
+      max_in_flight: masks held at once, at most.
     """
 
     def __init__(
@@ -148,24 +149,14 @@ class WriteMaskFn(ThreadedDoFn):
 
 
 class WriteMasks(beam.PTransform):
-    """Writes masks under ``OUT/masks/`` (and overlays). Returns ``(written, errors)``.
+    """Writes masks under ``OUT/masks/`` (and overlays under ``OUT/overlays/``).
 
-    Args:
-      output: the job's output folder OUT.
-      overlays: also write colour overlays under ``OUT/overlays/``.
-      threads: writing threads per worker process (``None``: every core).
-      max_in_flight: masks held at once, at most.
+    Takes the arguments of :class:`WriteMaskFn`. Returns ``(written, errors)``.
     """
 
-    def __init__(
-        self,
-        output: str,
-        overlays: bool = False,
-        threads: int | None = None,
-        max_in_flight: int | None = None,
-    ):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self._write = WriteMaskFn(output, overlays, threads, max_in_flight)
+        self._write = WriteMaskFn(*args, **kwargs)
 
     def expand(self, segmentations):
         results = segmentations | "WriteMask" >> beam.ParDo(self._write).with_outputs(
