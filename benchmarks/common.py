@@ -51,8 +51,15 @@ def write_jpegs(folder: str, count: int, size: tuple[int, int] = OXFORD_MEDIAN_S
     return paths
 
 
-def export_bench_model(export_dir: str, image_size: int, alpha: float) -> str:
-    """A U-Net of the asked size, exported by train.py's code, giving masks of the real kind.
+def bench_jpegs(workdir: str, count: int) -> tuple[str, list[str]]:
+    """The folder ``workdir/jpegs-<count>`` of :func:`write_jpegs`, and its paths."""
+    folder = os.path.join(workdir, f"jpegs-{count}")
+    return folder, write_jpegs(folder, count)
+
+
+def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
+    """A U-Net of the asked size, exported by train.py's code to ``workdir/model-<size>-<alpha>``
+    (once; later calls reuse it), giving masks of the real kind.
 
     Throughput does not depend on the weights, but the masks' PNG encoding
     does: an untrained model gives per-pixel noise, several times slower to
@@ -66,6 +73,7 @@ def export_bench_model(export_dir: str, image_size: int, alpha: float) -> str:
     from petseg.config import TrainConfig
     from petseg.training import train_and_evaluate
 
+    export_dir = os.path.join(workdir, f"model-{image_size}-{alpha}")
     if os.path.exists(os.path.join(export_dir, "petseg.json")):
         return export_dir
     weights = os.environ.get("PETSEG_ENCODER_WEIGHTS", "")

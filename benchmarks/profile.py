@@ -15,12 +15,14 @@ import argparse
 import collections
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
 import time
 
 from benchmarks import common
+from benchmarks.segmentation import ModelLimit, job_flags
 
 
 def _probe_work(classes, cpu_seconds: collections.Counter, lock: threading.Lock) -> None:
@@ -72,12 +74,12 @@ def profile_job(input_dir: str, count: int, export_dir: str, workdir: str, extra
     )
     _probe_model(calls)
     output = tempfile.mkdtemp(prefix="profile-", dir=workdir)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    segment.run(
-        ["--input", input_dir, "--model", export_dir, "--output", output]
-        + ["--progress-interval", "0", *extra]
-    )
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    try:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        segment.run([*job_flags(input_dir, export_dir, output), *extra])
+        wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
     durations = np.array([end - start for start, end in calls])
     gaps = np.array([calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1)])
     return {
@@ -98,8 +100,6 @@ def profile_job(input_dir: str, count: int, export_dir: str, workdir: str, extra
 
 def standalone_call_ms(export_dir: str, batch_size: int, calls: int = 10) -> float:
     """Median wall milliseconds of one serving call on a batch, with nothing else running."""
-    from benchmarks.segmentation import ModelLimit
-
     limit = ModelLimit(export_dir, batch_size, 1)
     rates = [limit.images_per_second() for _ in range(calls)]
     return 1000 * batch_size / common.median(rates)
@@ -115,13 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
     os.makedirs(args.workdir, exist_ok=True)
-    export_dir = common.export_bench_model(
-        os.path.join(args.workdir, f"model-{args.image_size}-{args.alpha}"),
-        args.image_size,
-        args.alpha,
-    )
-    folder = os.path.join(args.workdir, f"jpegs-{args.images}")
-    common.write_jpegs(folder, args.images)
+    export_dir = common.export_bench_model(args.workdir, args.image_size, args.alpha)
+    folder, _ = common.bench_jpegs(args.workdir, args.images)
     result = profile_job(
         folder, args.images, export_dir, args.workdir, ["--max-batch-size", str(args.batch_size)]
     )

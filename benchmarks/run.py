@@ -27,15 +27,10 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 def run_segmentation(args) -> dict:
     workdir = args.workdir
-    export_dir = common.export_bench_model(
-        os.path.join(workdir, f"model-{args.image_size}-{args.alpha}"), args.image_size, args.alpha
-    )
-    folder = os.path.join(workdir, f"jpegs-{args.images}")
-    one_batch = os.path.join(workdir, f"jpegs-{args.batch_size}")
-    large = os.path.join(workdir, f"jpegs-{5 * args.images}")
-    paths = common.write_jpegs(folder, args.images)
-    common.write_jpegs(one_batch, args.batch_size)
-    common.write_jpegs(large, 5 * args.images)
+    export_dir = common.export_bench_model(workdir, args.image_size, args.alpha)
+    folder, paths = common.bench_jpegs(workdir, args.images)
+    one_batch, _ = common.bench_jpegs(workdir, args.batch_size)
+    large, _ = common.bench_jpegs(workdir, 5 * args.images)
     print(
         f"segmentation: {args.images} JPEGs of 500x375, model {args.image_size}px alpha "
         f"{args.alpha}, batch {args.batch_size}, {args.repeats} rounds",

@@ -46,7 +46,8 @@ class ModelLimit:
         return int(self._batch.shape[0]) * self._batches / seconds
 
 
-def _job_flags(input_dir: str, export_dir: str, output: str) -> list[str]:
+def job_flags(input_dir: str, export_dir: str, output: str) -> list[str]:
+    """``beam_jobs.segment``'s flags for one benchmark run, progress lines off."""
     return [
         "--input",
         input_dir,
@@ -68,7 +69,7 @@ def job_seconds(
     output = tempfile.mkdtemp(prefix="out-", dir=workdir)
     try:
         started = time.perf_counter()
-        summary = segment.run([*_job_flags(input_dir, export_dir, output), *extra])
+        summary = segment.run([*job_flags(input_dir, export_dir, output), *extra])
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(output, ignore_errors=True)
@@ -201,7 +202,7 @@ def job_peak_memory(input_dir: str, export_dir: str, workdir: str) -> tuple[floa
     output = tempfile.mkdtemp(prefix="rss-", dir=workdir)
     try:
         mib, _ = peak_rss_mib(
-            [sys.executable, "-m", "beam_jobs.segment", *_job_flags(input_dir, export_dir, output)]
+            [sys.executable, "-m", "beam_jobs.segment", *job_flags(input_dir, export_dir, output)]
         )
         with open(os.path.join(output, "summary.json"), encoding="utf-8") as file:
             rate = float(json.load(file)["images_per_second"])
