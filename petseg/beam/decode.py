@@ -83,6 +83,8 @@ class DecodeImageFn(ThreadedDoFn):
             return [_failure(source, "read", error)]
         try:
             pixels, (height, width) = decode_resized(data, self._image_size, self._max_pixels)
+            # Overlays need the full-size picture, a second decode; the model's
+            # input stays the one it gets without overlays.
             original = decode_image(data, self._max_pixels) if self._keep_original else None
         except Exception as error:  # ImageDecodeError, or e.g. MemoryError on a huge image.
             return [_failure(source, "decode", error)]
