@@ -49,6 +49,29 @@ def package_versions() -> dict[str, str]:
     }
 
 
+def serving_signature(image_size: int) -> list[tf.TensorSpec]:
+    """The input signature of ``serving_default``: uint8 ``images [N, S, S, 3]``."""
+    return [tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]
+
+
+def _serve_python(model: keras.Model, flip_tta: bool):
+    # The body of ``serving_default``, before tracing.
+    def probabilities_of(images):
+        logits = model(images, training=False)
+        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+
+    def serve(images):
+        pixels = tf.cast(images, tf.float32)
+        probabilities = probabilities_of(pixels)
+        if flip_tta:
+            mirrored = probabilities_of(tf.reverse(pixels, axis=[2]))
+            probabilities = (probabilities + tf.reverse(mirrored, axis=[2])) / 2.0
+        mask = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
+        return {"probabilities": probabilities, "mask": mask}
+
+    return serve
+
+
 def serving_function(
     model: keras.Model, image_size: int, flip_tta: bool = False
 ) -> tf.types.experimental.PolymorphicFunction:
@@ -60,24 +83,11 @@ def serving_function(
       flip_tta: average the probabilities of each image and of its mirror
         image (test-time augmentation; twice the compute, sharper borders).
     """
-
-    def probabilities_of(images):
-        logits = model(images, training=False)
-        return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]
+    return tf.function(
+        _serve_python(model, flip_tta),
+        input_signature=serving_signature(image_size),
+        autograph=False,
     )
-    def serve(images):
-        pixels = tf.cast(images, tf.float32)
-        probabilities = probabilities_of(pixels)
-        if flip_tta:
-            mirrored = probabilities_of(tf.reverse(pixels, axis=[2]))
-            probabilities = (probabilities + tf.reverse(mirrored, axis=[2])) / 2.0
-        mask = tf.cast(tf.argmax(probabilities, axis=-1), tf.uint8)
-        return {"probabilities": probabilities, "mask": mask}
-
-    return serve
 
 
 def export_model(
@@ -104,9 +114,19 @@ def export_model(
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
     try:
+        # The archive saves every variable the endpoint reads, each once. It
+        # does not ``track(model)``: that would save each weight a second time,
+        # through its ``keras.Variable`` wrapper (keras-team/keras#23553),
+        # doubling the files and the memory of every process that loads them.
+        # Given the Python function and its signature, the archive traces
+        # ``serving_default`` once; handed a ``tf.function`` it traces it again
+        # and the SavedModel holds two copies of the graph.
         archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(SIGNATURE, serving_function(model, image_size, flip_tta))
+        archive.add_endpoint(
+            SIGNATURE,
+            _serve_python(model, flip_tta),
+            input_signature=serving_signature(image_size),
+        )
         archive.write_out(staging, verbose=False)
         model.save(os.path.join(staging, KERAS_FILE))
         document = {

@@ -108,3 +108,23 @@ def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
     np.testing.assert_allclose(served, (plain + mirrored) / 2, atol=1e-5)
     assert np.abs(served - plain).max() > 1e-3  # the mirror really changed something
     assert info.metadata["test_time_augmentation"] == ["horizontal_flip"]
+
+
+def test_export_stores_each_weight_once(tmp_path):
+    import tensorflow as tf
+
+    from petseg.export import export_model
+
+    keras.utils.set_random_seed(5)
+    model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
+    export_dir = export_model(
+        model, str(tmp_path / "export"), {"class_names": ["pet", "background", "border"]}
+    )
+    reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
+    shapes = reader.get_variable_to_shape_map()
+    stored = sum(int(np.prod(shape)) for name, shape in shapes.items() if "VARIABLE_VALUE" in name)
+    assert stored == model.count_params()
+    serve, _ = load_serving_model(export_dir)
+    images = np.random.default_rng(6).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    expected = keras.ops.softmax(model(images.astype(np.float32), training=False)).numpy()
+    np.testing.assert_allclose(serve(images=images)["probabilities"].numpy(), expected, atol=1e-5)
