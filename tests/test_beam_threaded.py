@@ -98,6 +98,28 @@ def test_outputs_leave_in_input_order_and_in_flight_stays_bounded():
     assert [output.value for output in emitted] == [n * n for n in range(30)]
 
 
+def test_each_new_element_lets_at_most_one_finished_element_out():
+    # Finished elements leave one per new element, not in a burst: the pool
+    # stays full while a slow next step works through what it was given.
+    fn = SlowSquares(threads=2, max_in_flight=4)
+    fn.setup()
+    fn.start_bundle()
+    numbers = [4, 9, 14, 19, 0, 5, 10, 15, 20, 25]
+    per_call = []
+    try:
+        for number in numbers:
+            outputs = fn.process(number, 0, window.GlobalWindow())
+            per_call.append([out.value for out in outputs if isinstance(out, WindowedValue)])
+            if number == 19:
+                time.sleep(0.2)  # the four submitted so far are all finished
+        rest = [out.value for out in fn.finish_bundle() if isinstance(out, WindowedValue)]
+    finally:
+        fn.teardown()
+    assert per_call[:4] == [[], [], [], []]
+    assert per_call[4:] == [[n * n] for n in numbers[:6]]
+    assert rest == [n * n for n in numbers[6:]]
+
+
 class Meet(ThreadedDoFn):
     """Two elements must be in ``work`` at the same time to pass the barrier."""
 

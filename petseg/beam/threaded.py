@@ -84,26 +84,30 @@ class ThreadedDoFn(beam.DoFn):
         pane_info=beam.DoFn.PaneInfoParam,
     ) -> Iterator[Any]:
         self._pending.append((self._pool.submit(self.work, element), timestamp, window, pane_info))
-        yield from self._drain(keep=self._limit)
+        # One in, at most one out: the oldest leaves once it is done, or when
+        # the pool is full (waiting for it). Emitting every finished element
+        # at once would send a burst downstream, and while the next step (the
+        # model) works through it no new element reaches this pool, which then
+        # idles and makes the next step wait in turn.
+        if len(self._pending) > self._limit or self._pending[0][0].done():
+            yield from self._emit_oldest()
 
     def finish_bundle(self) -> Iterator[Any]:
-        yield from self._drain(keep=0)
+        while self._pending:
+            yield from self._emit_oldest()
 
     def teardown(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _drain(self, keep: int) -> Iterator[Any]:
-        # Emit finished elements from the front; wait for the oldest only while
-        # more than ``keep`` are pending.
-        while self._pending and (len(self._pending) > keep or self._pending[0][0].done()):
-            future, timestamp, window, pane_info = self._pending.popleft()
-            for output in future.result():
-                self.emitted(output)
-                if isinstance(output, TaggedOutput):
-                    yield TaggedOutput(
-                        output.tag, WindowedValue(output.value, timestamp, [window], pane_info)
-                    )
-                else:
-                    yield WindowedValue(output, timestamp, [window], pane_info)
+    def _emit_oldest(self) -> Iterator[Any]:
+        future, timestamp, window, pane_info = self._pending.popleft()
+        for output in future.result():
+            self.emitted(output)
+            if isinstance(output, TaggedOutput):
+                yield TaggedOutput(
+                    output.tag, WindowedValue(output.value, timestamp, [window], pane_info)
+                )
+            else:
+                yield WindowedValue(output, timestamp, [window], pane_info)
