@@ -23,6 +23,9 @@ IMAGE_EXTENSIONS: tuple[str, ...] = ("jpg", "jpeg", "png", "gif", "bmp", "webp",
 # crafted header (e.g. a 50000 x 50000 PNG of a few hundred bytes) declares.
 DEFAULT_MAX_PIXELS = 64_000_000
 
+# Model inputs are resized bilinearly (antialiased when shrinking), in training and serving alike.
+RESIZE_FILTER = Image.Resampling.BILINEAR
+
 # Our own size check runs before any pixel is decoded, so Pillow's global
 # bomb warning adds nothing; its hard error is still caught below.
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
@@ -151,6 +154,10 @@ def decode_resized(
         pass
     image, swapped = _upright(_load(image))
     original = (stored_width, stored_height) if swapped else (stored_height, stored_width)
+    if image.mode == "RGB" and image.size != (size, size):
+        # The usual case, resized as a Pillow image: the same pixels as
+        # resize_image, without two round trips through NumPy.
+        return np.asarray(image.resize((size, size), RESIZE_FILTER), dtype=np.uint8), original
     return resize_image(_rgb(image), size), original
 
 
@@ -188,7 +195,7 @@ def resize_image(image: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     height, width = (size, size) if isinstance(size, int) else size
     if image.shape[:2] == (height, width):
         return image
-    resized = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+    resized = Image.fromarray(image).resize((width, height), RESIZE_FILTER)
     return np.asarray(resized, dtype=np.uint8)
 
 
