@@ -9,9 +9,10 @@ alongside the model's own threads.
 
 :class:`ThreadedDoFn` keeps Beam's contract: outputs leave in input order
 with the window, timestamp and pane of the element they came from; at most
-``max_in_flight`` elements are held, so memory stays bounded; every element
-is finished before its bundle is (``finish_bundle`` waits), so a bundle that
-commits has emitted everything. Work that raises fails the bundle, exactly
+``max_in_flight`` elements are held, so memory stays bounded; outputs leave
+at the pace inputs arrive (one finished element per new one); every element
+is finished before its bundle is (``finish_bundle`` waits and emits the
+rest), so a bundle that commits has emitted everything. Work that raises fails the bundle, exactly
 as a synchronous ``process`` would.
 """
 
