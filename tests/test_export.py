@@ -110,7 +110,7 @@ def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
     assert info.metadata["test_time_augmentation"] == ["horizontal_flip"]
 
 
-def test_export_stores_each_weight_once(tmp_path):
+def test_export_stores_each_weight_once_and_serves_through_the_saver_too(tmp_path):
     import tensorflow as tf
 
     from petseg.export import export_model
@@ -128,3 +128,14 @@ def test_export_stores_each_weight_once(tmp_path):
     images = np.random.default_rng(6).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     expected = keras.ops.softmax(model(images.astype(np.float32), training=False)).numpy()
     np.testing.assert_allclose(serve(images=images)["probabilities"].numpy(), expected, atol=1e-5)
+
+    # Loaders that restore through the graph's saver, as TensorFlow Serving's
+    # C++ loader does, still find every weight.
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        meta_graph = tf.compat.v1.saved_model.load(session, ["serve"], export_dir)
+        signature = meta_graph.signature_def["serving_default"]
+        served = session.run(
+            signature.outputs["probabilities"].name, {signature.inputs["images"].name: images}
+        )
+    np.testing.assert_allclose(served, expected, atol=1e-5)
