@@ -12,8 +12,8 @@ with the window, timestamp and pane of the element they came from; at most
 ``max_in_flight`` elements are held, so memory stays bounded; outputs leave
 at the pace inputs arrive (one finished element per new one); every element
 is finished before its bundle is (``finish_bundle`` waits and emits the
-rest), so a bundle that commits has emitted everything. Work that raises fails the bundle, exactly
-as a synchronous ``process`` would.
+rest), so a bundle that commits has emitted everything. Work that raises
+fails the bundle, exactly as a synchronous ``process`` would.
 """
 
 from __future__ import annotations
