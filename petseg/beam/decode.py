@@ -13,8 +13,8 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from petseg.beam.io import ERRORS_TAG
-from petseg.beam.records import COUNTER_NAMESPACE, ErrorRecord, ImageKey, SourceImage
+from petseg.beam.io import ERRORS_TAG, error_output
+from petseg.beam.records import COUNTER_NAMESPACE, ImageKey, SourceImage
 from petseg.beam.threaded import ThreadedDoFn
 from petseg.imageio import DEFAULT_MAX_PIXELS, decode_image, decode_resized
 
@@ -80,14 +80,14 @@ class DecodeImageFn(ThreadedDoFn):
                 )
             data = read_file(source.path, self._max_bytes)
         except Exception as error:  # Any filesystem failure is this file's error.
-            return [_failure(source, "read", error)]
+            return [error_output(source.path, "read", error)]
         try:
             pixels, (height, width) = decode_resized(data, self._image_size, self._max_pixels)
             # Overlays need the full-size picture, a second decode; the model's
             # input stays the one it gets without overlays.
             original = decode_image(data, self._max_pixels) if self._keep_original else None
         except Exception as error:  # ImageDecodeError, or e.g. MemoryError on a huge image.
-            return [_failure(source, "decode", error)]
+            return [error_output(source.path, "decode", error)]
         return [(ImageKey(source, height, width, original), pixels)]
 
     def emitted(self, output) -> None:
@@ -96,12 +96,6 @@ class DecodeImageFn(ThreadedDoFn):
             self._read.inc()
         if stage is None:
             self._decoded.inc()
-
-
-def _failure(source: SourceImage, stage: str, error: BaseException) -> beam.pvalue.TaggedOutput:
-    return beam.pvalue.TaggedOutput(
-        ERRORS_TAG, ErrorRecord.from_exception(source.path, stage, error)
-    )
 
 
 class DecodeImages(beam.PTransform):

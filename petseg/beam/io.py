@@ -56,6 +56,11 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 logger = logging.getLogger(__name__)
 
 
+def error_output(path: str, stage: str, error: BaseException) -> beam.pvalue.TaggedOutput:
+    """The error record of input ``path`` failing at ``stage``, on the ``errors`` output."""
+    return beam.pvalue.TaggedOutput(ERRORS_TAG, ErrorRecord.from_exception(path, stage, error))
+
+
 class UnsafePathError(ValueError):
     """A relative path that would place a mask outside OUT."""
 
@@ -318,9 +323,7 @@ class _KeyByMaskPathFn(beam.DoFn):
                 raise UnsafeFileError(source.refused)
             mask_path = mask_relative_path(source.relative)
         except (UnsafePathError, UnsafeFileError) as error:
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG, ErrorRecord.from_exception(source.path, "match", error)
-            )
+            yield error_output(source.path, "match", error)
             return
         yield mask_path, source
         for folder in _png_folders(mask_path):
@@ -346,9 +349,7 @@ class _ResolveCollisionsFn(beam.DoFn):
                     + (f" and {len(folder_of) - 1} more" if len(folder_of) > 1 else "")
                     + "; rename one of them or segment it separately"
                 )
-                yield beam.pvalue.TaggedOutput(
-                    ERRORS_TAG, ErrorRecord.from_exception(loser.path, "match", error)
-                )
+                yield error_output(loser.path, "match", error)
             return
         winner = ordered[0]
         yield SourceImage(winner.path, winner.relative, winner.size_bytes, mask_path)
@@ -357,9 +358,7 @@ class _ResolveCollisionsFn(beam.DoFn):
                 f"its mask {mask_path} is already the mask of {winner.path}; "
                 "segment one of them separately (e.g. with --extensions)"
             )
-            yield beam.pvalue.TaggedOutput(
-                ERRORS_TAG, ErrorRecord.from_exception(loser.path, "match", error)
-            )
+            yield error_output(loser.path, "match", error)
 
 
 class AssignMaskPaths(beam.PTransform):

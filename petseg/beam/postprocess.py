@@ -11,8 +11,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 
-from petseg.beam.io import ERRORS_TAG
-from petseg.beam.records import ErrorRecord, ImageKey, Segmentation
+from petseg.beam.io import ERRORS_TAG, error_output
+from petseg.beam.records import ImageKey, Segmentation
 from petseg.beam.threaded import ThreadedDoFn
 from petseg.postprocess import mask_and_confidence, upsample_probabilities
 
@@ -43,11 +43,7 @@ class PostprocessFn(ThreadedDoFn):
                 np.asarray(prediction.inference, dtype=np.float32), key.height, key.width
             )
         except Exception as error:  # e.g. MemoryError upsampling a huge image.
-            return [
-                beam.pvalue.TaggedOutput(
-                    ERRORS_TAG, ErrorRecord.from_exception(key.source.path, "postprocess", error)
-                )
-            ]
+            return [error_output(key.source.path, "postprocess", error)]
         return [Segmentation(key, mask, mean_confidence)]
 
 

@@ -23,8 +23,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from PIL import Image
 
-from petseg.beam.io import ERRORS_TAG, join_path, overlay_relative_path
-from petseg.beam.records import COUNTER_NAMESPACE, ErrorRecord, Segmentation
+from petseg.beam.io import ERRORS_TAG, error_output, join_path, overlay_relative_path
+from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
 from petseg.beam.threaded import ThreadedDoFn
 from petseg.classes import CLASS_COLOURS, palette
 
@@ -136,11 +136,7 @@ class WriteMaskFn(ThreadedDoFn):
                 join_path(self._output, key.source.mask_path), encode_mask(segmentation.mask)
             )
         except Exception as error:  # A full disk or a denied write fails this image only.
-            return [
-                beam.pvalue.TaggedOutput(
-                    ERRORS_TAG, ErrorRecord.from_exception(key.source.path, "write", error)
-                )
-            ]
+            return [error_output(key.source.path, "write", error)]
         return [segmentation]
 
     def emitted(self, output) -> None:
