@@ -49,7 +49,7 @@ from petseg.distribute import (
     precision_policy,
     uses_gpu,
 )
-from petseg.evaluate import evaluate_examples
+from petseg.evaluate import evaluate_examples, serving_predictor
 from petseg.export import export_model, serving_function
 from petseg.inputs import Datasets, load_datasets
 from petseg.metrics import (
@@ -130,12 +130,12 @@ def final_evaluation(
     export; generated ones at the model's size.
     """
     if data.eval_files:
-
-        def predict(images: np.ndarray) -> np.ndarray:
-            return serve(tf.constant(images, tf.uint8))["probabilities"].numpy()
-
         matrix, _ = evaluate_examples(
-            predict, data.eval_files, config.serving_size, data.value_map, NUM_CLASSES
+            serving_predictor(serve),
+            data.eval_files,
+            config.serving_size,
+            data.value_map,
+            NUM_CLASSES,
         )
         return matrix, "original"
     return model_confusion(model, eval_batches(data.eval, batch_size)), "model"
