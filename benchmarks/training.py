@@ -19,7 +19,6 @@ from __future__ import annotations
 import time
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import median
@@ -221,21 +220,15 @@ def pipeline_ms_per_batch(batches: tf.data.Dataset, warmup: int, count: int) -> 
 
 def scores_on(recipe: Recipe, test_examples, image_size: int) -> dict:
     """Pixel accuracy and IoUs on the test pairs, at the model's size, the same labels for all."""
-    from petseg.classes import CLASS_NAMES, NUM_CLASSES
-    from petseg.data import TRIMAP_TO_CLASS
-    from petseg.data.files import lookup_table, read_pair
-    from petseg.metrics import confusion_matrix, metrics_from_confusion
+    from petseg.classes import CLASS_NAMES
+    from petseg.data import TRIMAP_TO_CLASS, eval_batches, files_dataset
+    from petseg.metrics import metrics_from_confusion
+    from petseg.training import model_confusion
 
-    table = lookup_table(TRIMAP_TO_CLASS)
-    matrix = np.zeros((NUM_CLASSES, NUM_CLASSES), np.int64)
-    pairs = [read_pair(example, table, image_size) for example in test_examples]
-    for start in range(0, len(pairs), 16):
-        chunk = pairs[start : start + 16]
-        pixels = np.stack([image for image, _ in chunk])
-        logits = recipe.model.predict(pixels.astype(np.float32) * recipe.pixel_scale, verbose=0)
-        labels = np.stack([mask[..., 0] for _, mask in chunk])
-        matrix += confusion_matrix(labels, np.argmax(logits, axis=-1), NUM_CLASSES)
-    return metrics_from_confusion(matrix, CLASS_NAMES)
+    batches = eval_batches(files_dataset(test_examples, image_size, TRIMAP_TO_CLASS), 16).map(
+        lambda images, masks: (images * recipe.pixel_scale, masks)
+    )
+    return metrics_from_confusion(model_confusion(recipe.model, batches), CLASS_NAMES)
 
 
 def compare_throughput(
