@@ -88,16 +88,15 @@ def _oxford_examples():
 
 
 def run_training(args) -> dict:
-    from petseg.data import synthetic_example
+    from petseg.data import write_synthetic_files
 
     splits = _oxford_examples()
     if splits:
         examples = splits[0]
         data = f"Oxford-IIIT Pet sample, {len(examples)} trainval images"
     else:
-        examples = _synthetic_files(
-            tempfile.mkdtemp(prefix="train-", dir=args.workdir), 300, synthetic_example
-        )
+        folder = tempfile.mkdtemp(prefix="train-", dir=args.workdir)
+        examples = write_synthetic_files(folder, folder, 300, 256)
         data = "300 synthetic pets (PETSEG_OXFORD_SAMPLE absent)"
     print(f"training: {data}, {args.train_size}px, batch 64, {args.repeats} rounds", flush=True)
     result = training.compare_throughput(
@@ -121,23 +120,6 @@ def run_training(args) -> dict:
             flush=True,
         )
     return result
-
-
-def _synthetic_files(folder: str, count: int, synthetic_example) -> list:
-    import numpy as np
-    from PIL import Image
-
-    from petseg.data import LabelledFile
-
-    examples = []
-    for index in range(count):
-        image, mask = synthetic_example(index, 256)
-        image_path = os.path.join(folder, f"{index}.jpg")
-        mask_path = os.path.join(folder, f"{index}.png")
-        Image.fromarray(image).save(image_path, quality=90)
-        Image.fromarray((mask[:, :, 0] + 1).astype(np.uint8)).save(mask_path)
-        examples.append(LabelledFile(image_path, mask_path))
-    return examples
 
 
 def _met(value: float, target: float, at_most: bool = False) -> str:

@@ -19,11 +19,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-from PIL import Image
-
 from petseg.config import TrainConfig
-from petseg.data import oxford_examples, synthetic_example
+from petseg.data import oxford_examples, write_synthetic_files
 
 PROG = "petseg-demo"
 
@@ -100,16 +97,9 @@ def write_holdout(plan_: DemoPlan, folder: str, count: int) -> str:
             shutil.copy(example.mask_path, trimaps)
             names.append(os.path.splitext(os.path.basename(example.image_path))[0])
     else:
-        size = 160
-        for index in range(count):
-            # Seed 1: the model trained on seed 0, so none of these were seen.
-            image, mask = synthetic_example(index, size, seed=1)
-            name = f"synthetic_{index:04d}"
-            Image.fromarray(image).save(os.path.join(images, f"{name}.jpg"), quality=92)
-            Image.fromarray((mask[:, :, 0] + 1).astype(np.uint8)).save(
-                os.path.join(trimaps, f"{name}.png")
-            )
-            names.append(name)
+        # Seed 1: the model trained on seed 0, so none of these were seen.
+        for example in write_synthetic_files(images, trimaps, count, 160, seed=1, quality=92):
+            names.append(os.path.splitext(os.path.basename(example.image_path))[0])
     with open(os.path.join(folder, "annotations", "test.txt"), "w", encoding="utf-8") as file:
         file.writelines(f"{name} 0 0 0\n" for name in names)
     return folder

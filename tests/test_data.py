@@ -98,6 +98,27 @@ def test_not_an_oxford_folder_is_a_clear_error(tmp_path):
         data.oxford_examples(str(tmp_path), "trainval")
 
 
+def test_synthetic_files_read_back_as_their_examples(tmp_path):
+    files = data.write_synthetic_files(str(tmp_path), str(tmp_path), 3, 48, seed=2)
+    assert [os.path.basename(f.image_path) for f in files] == [
+        "synthetic_0000.jpg",
+        "synthetic_0001.jpg",
+        "synthetic_0002.jpg",
+    ]
+    for index, example in enumerate(files):
+        image, mask = data.synthetic_example(index, 48, seed=2)
+        with open(example.mask_path, "rb") as file:
+            np.testing.assert_array_equal(decode_mask(file.read()), mask[:, :, 0] + 1)
+        with open(example.image_path, "rb") as file:
+            decoded = decode_image(file.read())
+        # The example's own pixels, through JPEG at quality 90.
+        assert decoded.shape == image.shape
+        np.testing.assert_array_equal(decoded, decode_image(images.jpeg(image, quality=90)))
+    # Oxford's trimap values, so the Oxford label mapping reads them.
+    pairs = list(data.files_dataset(files, 48, data.TRIMAP_TO_CLASS).as_numpy_iterator())
+    np.testing.assert_array_equal(pairs[1][1], data.synthetic_example(1, 48, seed=2)[1])
+
+
 def _write_paired(root, count=3, extra_image=True, extra_mask=True):
     (root / "images").mkdir(parents=True)
     (root / "masks").mkdir()

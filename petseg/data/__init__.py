@@ -15,7 +15,7 @@ from petseg.data.paired import (
     parse_value_map,
 )
 from petseg.data.pipeline import AugmentConfig, augment_pair, eval_batches, train_batches
-from petseg.data.synthetic import synthetic_dataset, synthetic_example
+from petseg.data.synthetic import synthetic_dataset, synthetic_example, write_synthetic_files
 from petseg.data.tfds_source import tfds_dataset
 
 __all__ = [
@@ -37,4 +37,5 @@ __all__ = [
     "synthetic_example",
     "tfds_dataset",
     "train_batches",
+    "write_synthetic_files",
 ]

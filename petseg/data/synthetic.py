@@ -7,10 +7,14 @@ Example ``i`` of seed ``s`` is always the same array, at any size or count.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import tensorflow as tf
+from PIL import Image
 
 from petseg.classes import BACKGROUND, BORDER, PET
+from petseg.data.files import LabelledFile
 
 
 def synthetic_example(index: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,3 +73,30 @@ def synthetic_dataset(count: int, image_size: int, seed: int = 0) -> tf.data.Dat
     return tf.data.Dataset.range(count).map(
         make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
+
+
+def write_synthetic_files(
+    images_dir: str,
+    trimaps_dir: str,
+    count: int,
+    image_size: int,
+    seed: int = 0,
+    quality: int = 90,
+) -> list[LabelledFile]:
+    """Writes ``count`` synthetic pets as Oxford-style files and returns the pairs.
+
+    Each example ``synthetic_NNNN`` becomes a JPEG photo in ``images_dir`` and
+    a trimap PNG in ``trimaps_dir`` (class index + 1, as in the Oxford
+    download). Both folders must exist.
+    """
+    files = []
+    for index in range(count):
+        image, mask = synthetic_example(index, image_size, seed)
+        name = f"synthetic_{index:04d}"
+        example = LabelledFile(
+            os.path.join(images_dir, f"{name}.jpg"), os.path.join(trimaps_dir, f"{name}.png")
+        )
+        Image.fromarray(image).save(example.image_path, quality=quality)
+        Image.fromarray((mask[:, :, 0] + 1).astype(np.uint8)).save(example.mask_path)
+        files.append(example)
+    return files
