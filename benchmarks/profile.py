@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -20,12 +21,18 @@ import sys
 import tempfile
 import threading
 import time
+from unittest import mock
 
 from benchmarks import common
 from benchmarks.segmentation import ModelLimit, job_flags
 
 
-def _probe_work(classes, cpu_seconds: collections.Counter, lock: threading.Lock) -> None:
+def _probe_work(
+    probes: contextlib.ExitStack,
+    classes,
+    cpu_seconds: collections.Counter,
+    lock: threading.Lock,
+) -> None:
     for cls in classes:
         work = cls.work
 
@@ -37,10 +44,10 @@ def _probe_work(classes, cpu_seconds: collections.Counter, lock: threading.Lock)
                 with lock:
                     cpu_seconds[name] += time.thread_time() - started
 
-        cls.work = timed_work
+        probes.enter_context(mock.patch.object(cls, "work", timed_work))
 
 
-def _probe_model(calls: list[tuple[float, float]]) -> None:
+def _probe_model(probes: contextlib.ExitStack, calls: list[tuple[float, float]]) -> None:
     from petseg.beam.inference import ServingModel
 
     probabilities = ServingModel.probabilities
@@ -52,7 +59,7 @@ def _probe_model(calls: list[tuple[float, float]]) -> None:
         finally:
             calls.append((started, time.perf_counter()))
 
-    ServingModel.probabilities = timed
+    probes.enter_context(mock.patch.object(ServingModel, "probabilities", timed))
 
 
 def profile_job(input_dir: str, count: int, export_dir: str, workdir: str, extra=()) -> dict:
@@ -67,19 +74,20 @@ def profile_job(input_dir: str, count: int, export_dir: str, workdir: str, extra
 
     cpu_seconds: collections.Counter = collections.Counter()
     calls: list[tuple[float, float]] = []
-    _probe_work(
-        (DecodeImageFn, PostprocessFn, WriteMaskFn, ComputeImageStatsFn),
-        cpu_seconds,
-        threading.Lock(),
-    )
-    _probe_model(calls)
     output = tempfile.mkdtemp(prefix="profile-", dir=workdir)
-    try:
+    # The probes come off again when the run ends, so the classes are left as found.
+    with contextlib.ExitStack() as probes:
+        probes.callback(shutil.rmtree, output, ignore_errors=True)
+        _probe_work(
+            probes,
+            (DecodeImageFn, PostprocessFn, WriteMaskFn, ComputeImageStatsFn),
+            cpu_seconds,
+            threading.Lock(),
+        )
+        _probe_model(probes, calls)
         started, cpu_started = time.perf_counter(), time.process_time()
         segment.run([*job_flags(input_dir, export_dir, output), *extra])
         wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    finally:
-        shutil.rmtree(output, ignore_errors=True)
     durations = np.array([end - start for start, end in calls])
     gaps = np.array([calls[i + 1][0] - calls[i][1] for i in range(len(calls) - 1)])
     return {

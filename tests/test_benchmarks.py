@@ -52,7 +52,10 @@ def test_quick_benchmark_reports_every_figure(tmp_path):
 @pytest.mark.slow
 def test_profile_accounts_for_every_step_and_model_call(tmp_path):
     from benchmarks import profile
+    from petseg.beam.decode import DecodeImageFn
+    from petseg.beam.inference import ServingModel
 
+    unprobed = (DecodeImageFn.work, ServingModel.probabilities)
     out = tmp_path / "results"
     argv = ["--images", "12", "--image-size", "32", "--alpha", "0.35", "--batch-size", "4"]
     assert profile.main([*argv, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
@@ -68,3 +71,5 @@ def test_profile_accounts_for_every_step_and_model_call(tmp_path):
     assert result["model_calls"] >= 3  # 12 images in batches of at most 4
     assert 0 < result["model_seconds"] < result["wall_seconds"]
     assert result["standalone_call_ms"] > 0
+    # The probes are gone once the run is over.
+    assert (DecodeImageFn.work, ServingModel.probabilities) == unprobed
