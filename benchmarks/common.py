@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import resource
@@ -70,11 +69,13 @@ def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
     synthetic pets, like the benchmark's JPEGs; without them it gets one step
     from random init, and ``petseg.json`` says so (``bench_model``).
     """
+    from petseg.beam.write import write_json
     from petseg.config import TrainConfig
+    from petseg.export import METADATA_FILE, read_model_info
     from petseg.training import train_and_evaluate
 
     export_dir = os.path.join(workdir, f"model-{image_size}-{alpha}")
-    if os.path.exists(os.path.join(export_dir, "petseg.json")):
+    if os.path.exists(os.path.join(export_dir, METADATA_FILE)):
         return export_dir
     weights = os.environ.get("PETSEG_ENCODER_WEIGHTS", "")
     trained = alpha == 1.0 and os.path.isfile(weights)
@@ -94,14 +95,11 @@ def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
     result = train_and_evaluate(config, workdir)
     shutil.copytree(result.export_dir, export_dir)
     shutil.rmtree(workdir, ignore_errors=True)
-    metadata_path = os.path.join(export_dir, "petseg.json")
-    with open(metadata_path, encoding="utf-8") as file:
-        metadata = json.load(file)
+    metadata = read_model_info(export_dir).metadata
     metadata["bench_model"] = (
         "32 steps from the ImageNet encoder" if trained else "1 step from random init"
     )
-    with open(metadata_path, "w", encoding="utf-8") as file:
-        json.dump(metadata, file, indent=2, sort_keys=True)
+    write_json(os.path.join(export_dir, METADATA_FILE), metadata)
     return export_dir
 
 

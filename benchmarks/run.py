@@ -26,6 +26,8 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def run_segmentation(args) -> dict:
+    from petseg.export import read_model_info
+
     workdir = args.workdir
     export_dir = common.export_bench_model(workdir, args.image_size, args.alpha)
     folder, paths = common.bench_jpegs(workdir, args.images)
@@ -54,8 +56,7 @@ def run_segmentation(args) -> dict:
     )
     limit = result["model_limit"]["images_per_second"]
     job = result["job_in_process"]
-    with open(os.path.join(export_dir, "petseg.json"), encoding="utf-8") as file:
-        bench_model = json.load(file).get("bench_model", "")
+    bench_model = read_model_info(export_dir).metadata.get("bench_model", "")
     result.update(
         {
             "images": args.images,

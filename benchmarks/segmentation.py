@@ -8,7 +8,6 @@ medians are reported.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -199,13 +198,15 @@ def job_peak_memory(input_dir: str, export_dir: str, workdir: str) -> tuple[floa
     The rate is the one the job writes to its summary: from submitting the
     pipeline to its end (model load included, interpreter start-up not).
     """
+    from beam_jobs.segment import SUMMARY_FILE
+    from petseg.beam.write import read_json
+
     output = tempfile.mkdtemp(prefix="rss-", dir=workdir)
     try:
         mib, _ = peak_rss_mib(
             [sys.executable, "-m", "beam_jobs.segment", *job_flags(input_dir, export_dir, output)]
         )
-        with open(os.path.join(output, "summary.json"), encoding="utf-8") as file:
-            rate = float(json.load(file)["images_per_second"])
+        rate = float(read_json(os.path.join(output, SUMMARY_FILE))["images_per_second"])
     finally:
         shutil.rmtree(output, ignore_errors=True)
     return mib, rate
