@@ -73,5 +73,11 @@ def test_profile_accounts_for_every_step_and_model_call(tmp_path):
     assert result["model_calls"] >= 3  # 12 images in batches of at most 4
     assert 0 < result["model_seconds"] < result["wall_seconds"]
     assert result["standalone_call_ms"] > 0
+    # Without the model's compute every step still runs on every image, and
+    # the model's calls (replayed answers after the first) take less time.
+    alone = result["without_model"]
+    assert set(alone["step_cpu_ms_per_image"]) == set(result["step_cpu_ms_per_image"])
+    assert alone["model_calls"] == result["model_calls"]
+    assert alone["model_call_ms_median"] < result["model_call_ms_median"]
     # The probes are gone once the run is over.
     assert (DecodeImageFn.work, ServingModel.probabilities) == unprobed
