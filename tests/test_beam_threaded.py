@@ -158,3 +158,41 @@ def test_bad_pool_sizes_are_refused(threads, in_flight):
 
 def test_available_cores_is_positive():
     assert available_cores() >= 1
+
+
+class WhichThread(ThreadedDoFn):
+    """Passes each element on with the id of the pool thread that handled it."""
+
+    def work(self, element) -> list:
+        time.sleep(0.005)  # long enough that a pool grows to its full size
+        number, threads = element if isinstance(element, tuple) else (element, ())
+        return [(number, (*threads, threading.get_ident()))]
+
+
+def test_steps_of_a_process_share_one_pool_of_the_asked_size():
+    # --threads is a budget per worker process: two steps of 2 threads run on
+    # 2 threads together, not 2 each.
+    with test_pipeline.TestPipeline() as pipeline:
+        threads = (
+            pipeline
+            | beam.Create(range(24))
+            | "First" >> beam.ParDo(WhichThread(threads=2))
+            | "Second" >> beam.ParDo(WhichThread(threads=2))
+            | beam.FlatMap(lambda element: element[1])
+            | beam.Distinct()
+            | beam.combiners.Count.Globally()
+        )
+        assert_that(threads, equal_to([2]))
+
+
+def test_a_shared_pool_is_shut_down_by_its_last_holder():
+    first, second = WhichThread(threads=3), WhichThread(threads=3)
+    first.setup()
+    second.setup()
+    pool = first._pool
+    assert second._pool is pool
+    first.teardown()
+    assert pool.submit(int, "7").result() == 7  # still serving the second step
+    second.teardown()
+    with pytest.raises(RuntimeError, match="shutdown"):
+        pool.submit(int, "7")

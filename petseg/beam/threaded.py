@@ -14,12 +14,20 @@ at the pace inputs arrive (one finished element per new one); every element
 is finished before its bundle is (``finish_bundle`` waits and emits the
 rest), so a bundle that commits has emitted everything. Work that raises
 fails the bundle, exactly as a synchronous ``process`` would.
+
+The steps of a worker process share one pool per size, so ``threads`` is a
+budget for the process, as the job's ``--threads`` says: its decode,
+postprocess, write and statistics steps together run on that many threads,
+not four times as many, and no more on a runner that processes several
+bundles at once in one process (each bundle thread has its own DoFn
+instances). Any idle thread takes whichever step has work.
 """
 
 from __future__ import annotations
 
 import collections
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -37,6 +45,32 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+_pools_lock = threading.Lock()
+# threads -> (the pool, how many DoFn instances hold it)
+_pools: dict[int, tuple[ThreadPoolExecutor, int]] = {}
+
+
+def acquire_pool(threads: int) -> ThreadPoolExecutor:
+    """The process's shared pool of ``threads`` threads, started on first use."""
+    with _pools_lock:
+        pool, holders = _pools.get(threads, (None, 0))
+        if pool is None:
+            pool = ThreadPoolExecutor(threads, thread_name_prefix=f"petseg-{threads}")
+        _pools[threads] = (pool, holders + 1)
+        return pool
+
+
+def release_pool(threads: int) -> None:
+    """Gives back a pool from :func:`acquire_pool`; the last holder shuts it down."""
+    with _pools_lock:
+        pool, holders = _pools[threads]
+        if holders > 1:
+            _pools[threads] = (pool, holders - 1)
+            return
+        del _pools[threads]
+    pool.shutdown(wait=True)
+
+
 class ThreadedDoFn(beam.DoFn):
     """Base class: ``work(element)`` runs on a pool; its outputs are emitted in order.
 
@@ -47,7 +81,9 @@ class ThreadedDoFn(beam.DoFn):
     are incremented in :meth:`emitted`, which runs on the bundle's thread.
 
     Args:
-      threads: pool size; ``None`` uses every core available to the process.
+      threads: size of the pool, which every ThreadedDoFn of the process
+        asking for the same size shares; ``None`` uses every core available
+        to the process.
       max_in_flight: elements submitted but not yet emitted before
         ``process`` waits for the oldest; ``None`` is four per thread.
     """
@@ -72,7 +108,8 @@ class ThreadedDoFn(beam.DoFn):
     def setup(self) -> None:
         threads = self._threads or available_cores()
         self._limit = self._max_in_flight or 4 * threads
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix=type(self).__name__)
+        self._pool = acquire_pool(threads)
+        self._pool_threads = threads
 
     def start_bundle(self) -> None:
         self._pending = collections.deque()
@@ -99,8 +136,12 @@ class ThreadedDoFn(beam.DoFn):
 
     def teardown(self) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            while self._pending:
+                future = self._pending.popleft()[0]
+                if not future.cancel():
+                    future.exception()  # Let it finish: the pool outlives this DoFn.
             self._pool = None
+            release_pool(self._pool_threads)
 
     def _emit_oldest(self) -> Iterator[Any]:
         future, timestamp, window, pane_info = self._pending.popleft()
