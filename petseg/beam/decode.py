@@ -51,7 +51,8 @@ class DecodeImageFn(ThreadedDoFn):
       max_pixels: images declaring more pixels are refused before decoding.
       max_bytes: files larger than this are refused before reading.
       keep_original: carry the decoded image along (for overlays).
-      threads: decoding threads per worker process (``None``: every core).
+      threads: threads of the worker process's pool, shared with the other
+        threaded steps (``None``: every core).
       max_in_flight: images decoded ahead of the model, at most.
     """
 

@@ -54,8 +54,9 @@ class SegmentJob:
       max_pixels: decode limit.
       max_file_bytes: read limit.
       overlays: whether overlays are written.
-      threads: threads per worker process for decoding, postprocessing and
-        writing; ``None`` uses every core available to the process.
+      threads: threads per worker process, in one pool shared by decoding,
+        postprocessing, writing and statistics; ``None`` uses every core
+        available to the process.
       num_shards: JSON Lines shards of stats and errors.
     """
 

@@ -32,7 +32,8 @@ class PostprocessFn(ThreadedDoFn):
     Failures go to ``errors``.
 
     Args:
-      threads: postprocessing threads per worker process (``None``: every core).
+      threads: threads of the worker process's pool, shared with the other
+        threaded steps (``None``: every core).
       max_in_flight: predictions held at once, at most.
     """
 

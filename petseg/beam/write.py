@@ -108,7 +108,8 @@ class WriteMaskFn(ThreadedDoFn):
     Args:
       output: the job's output folder OUT.
       overlays: also write colour overlays under ``OUT/overlays/``.
-      threads: writing threads per worker process (``None``: every core).
+      threads: threads of the worker process's pool, shared with the other
+        threaded steps (``None``: every core).
       max_in_flight: masks held at once, at most.
     """
 
