@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -141,18 +140,22 @@ def standalone_call_ms(export_dir: str, batch_size: int, calls: int = 10) -> flo
     return 1000 * batch_size / common.median(rates)
 
 
-def _without_model_line(alone: dict, model_images_per_second: float) -> str:
-    return (
-        f"without the model's compute: {alone['images']} images in {alone['wall_seconds']:.1f} s "
-        f"({alone['images_per_second']:.0f} images/s, against {model_images_per_second:.0f} for "
-        f"the model alone); process CPU {alone['process_cpu_ms_per_image']:.1f} ms per image, "
-        + ", ".join(
-            f"{name} {ms:.2f}" for name, ms in sorted(alone["step_cpu_ms_per_image"].items())
-        )
-    )
+def _cpu_lines(result: dict, label: str) -> list[str]:
+    """A run's wall time and where its CPU went, one line per step."""
+    per_image = result["step_cpu_ms_per_image"]
+    rest = result["process_cpu_ms_per_image"] - sum(per_image.values())
+    return [
+        f"{label}: {result['images']} images in {result['wall_seconds']:.1f} s "
+        f"({result['images_per_second']:.0f} images/s); process CPU "
+        f"{result['process_cpu_ms_per_image']:.1f} ms per image, of which:",
+        *(f"  {name:22s} {ms:5.2f} ms" for name, ms in sorted(per_image.items())),
+        f"  {'model, Beam, start-up':22s} {rest:5.2f} ms",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
+    from petseg.beam.write import write_json
+
     parser = argparse.ArgumentParser(prog="benchmarks.profile", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--image-size", type=int, default=128)
@@ -170,26 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         folder, args.images, export_dir, args.workdir, flags, replay_model=True
     )
     result["standalone_call_ms"] = standalone_call_ms(export_dir, args.batch_size)
-    per_image = result["step_cpu_ms_per_image"]
-    model_cpu = result["process_cpu_ms_per_image"] - sum(per_image.values())
     lines = [
-        f"{args.images} images in {result['wall_seconds']:.1f} s; process CPU "
-        f"{result['process_cpu_ms_per_image']:.1f} ms per image, of which:",
-        *(f"  {name:22s} {ms:5.2f} ms" for name, ms in sorted(per_image.items())),
-        f"  {'model, Beam, start-up':22s} {model_cpu:5.2f} ms",
+        *_cpu_lines(result, "the job"),
         f"model: {result['model_calls']} calls, median {result['model_call_ms_median']:.0f} ms in "
-        f"the job vs {result['standalone_call_ms']:.0f} ms alone; {result['model_seconds']:.1f} s "
-        f"in calls, {result['gaps_between_calls_seconds']:.1f} s between them, "
+        f"the job vs {result['standalone_call_ms']:.0f} ms alone "
+        f"({1000 * args.batch_size / result['standalone_call_ms']:.0f} images/s); "
+        f"{result['model_seconds']:.1f} s in calls, "
+        f"{result['gaps_between_calls_seconds']:.1f} s between them, "
         f"{result['before_first_call_seconds']:.1f} s before the first, "
         f"{result['after_last_call_seconds']:.1f} s after the last",
-        _without_model_line(
-            result["without_model"], 1000 * args.batch_size / result["standalone_call_ms"]
-        ),
+        *_cpu_lines(result["without_model"], "the job without the model's compute"),
     ]
     print("\n".join(lines))
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "profile.json"), "w", encoding="utf-8") as file:
-        json.dump(result, file, indent=2)
+    write_json(os.path.join(args.out, "profile.json"), result)
     return 0
 
 

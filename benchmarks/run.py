@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import tempfile
@@ -231,6 +230,8 @@ def markdown(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from petseg.beam.write import write_atomically, write_json
+
     parser = argparse.ArgumentParser(prog="benchmarks.run", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--out", default="benchmarks/results", help="folder for results.json and results.md"
@@ -278,11 +279,9 @@ def main(argv: list[str] | None = None) -> int:
         results["segmentation"] = run_segmentation(args)
     if args.only in (None, "training"):
         results["training"] = run_training(args)
-    with open(os.path.join(args.out, "results.json"), "w", encoding="utf-8") as file:
-        json.dump(results, file, indent=2)
+    write_json(os.path.join(args.out, "results.json"), results)
     table = markdown(results)
-    with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as file:
-        file.write(table)
+    write_atomically(os.path.join(args.out, "results.md"), table.encode("utf-8"))
     print("\n" + table)
     return 0
 
