@@ -50,7 +50,7 @@ _pools_lock = threading.Lock()
 _pools: dict[int, tuple[ThreadPoolExecutor, int]] = {}
 
 
-def acquire_pool(threads: int) -> ThreadPoolExecutor:
+def _acquire_pool(threads: int) -> ThreadPoolExecutor:
     """The process's shared pool of ``threads`` threads, started on first use."""
     with _pools_lock:
         pool, holders = _pools.get(threads, (None, 0))
@@ -60,8 +60,8 @@ def acquire_pool(threads: int) -> ThreadPoolExecutor:
         return pool
 
 
-def release_pool(threads: int) -> None:
-    """Gives back a pool from :func:`acquire_pool`; the last holder shuts it down."""
+def _release_pool(threads: int) -> None:
+    """Gives back a pool from :func:`_acquire_pool`; the last holder shuts it down."""
     with _pools_lock:
         pool, holders = _pools[threads]
         if holders > 1:
@@ -108,7 +108,7 @@ class ThreadedDoFn(beam.DoFn):
     def setup(self) -> None:
         threads = self._threads or available_cores()
         self._limit = self._max_in_flight or 4 * threads
-        self._pool = acquire_pool(threads)
+        self._pool = _acquire_pool(threads)
         self._pool_threads = threads
 
     def start_bundle(self) -> None:
@@ -141,7 +141,7 @@ class ThreadedDoFn(beam.DoFn):
                 if not future.cancel():
                     future.exception()  # Let it finish: the pool outlives this DoFn.
             self._pool = None
-            release_pool(self._pool_threads)
+            _release_pool(self._pool_threads)
 
     def _emit_oldest(self) -> Iterator[Any]:
         future, timestamp, window, pane_info = self._pending.popleft()
