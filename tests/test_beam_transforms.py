@@ -251,6 +251,26 @@ def test_encode_mask_is_deterministic():
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_mask(mask)))), mask)
 
 
+def _pet_like_mask(height: int = 375, width: int = 500) -> np.ndarray:
+    """Background, an elliptical pet, and a thin border between them, like an Oxford trimap."""
+    y, x = np.mgrid[:height, :width]
+    radius = ((y - height / 2) / (0.35 * height)) ** 2 + ((x - width / 2) / (0.3 * width)) ** 2
+    mask = np.full((height, width), 1, np.uint8)
+    mask[radius < 1.1] = 2
+    mask[radius < 1.0] = 0
+    return mask
+
+
+def test_encode_mask_packs_runs_smaller_than_zlibs_default_strategy():
+    mask = _pet_like_mask()
+    encoded = encode_mask(mask)
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), mask)
+    image = Image.open(io.BytesIO(encoded))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False, compress_level=1)
+    assert len(encoded) < 0.9 * len(buffer.getvalue())
+
+
 def test_write_atomically_leaves_no_partial_file(tmp_path, monkeypatch):
     target = str(tmp_path / "deep/x.png")
     write_atomically(target, b"first")
