@@ -32,9 +32,9 @@ OVERLAY_OPACITY = 0.5
 OVERLAY_QUALITY = 90
 TEMP_MARKER = ".tmp-"
 # A mask is mostly long runs of one class. zlib's run-length strategy looks for
-# nothing else, so it is the fastest to encode and, on masks, smaller than its
-# default strategy at level 1 (an Oxford trimap: 3.8 KB against 5.6 KB, and
-# 3.3 KB at the default level 6, which takes 2.5x as long).
+# nothing else, so on masks it is both faster and smaller than its default
+# strategy at level 1 (an Oxford trimap: 0.43 against 0.47 ms, 3.8 against
+# 5.6 KB; the default level 6 gives 3.3 KB and takes 2.5x as long).
 PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = zlib.Z_RLE
 
