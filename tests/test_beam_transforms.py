@@ -19,6 +19,7 @@ from petseg.beam.inference import InferProbabilities
 from petseg.beam.postprocess import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
 from petseg.beam.write import (
+    PNG_COMPRESS_LEVEL,
     WriteJsonLines,
     WriteMasks,
     encode_mask,
@@ -26,6 +27,7 @@ from petseg.beam.write import (
     write_atomically,
 )
 from petseg.classes import CLASS_COLOURS
+from petseg.data import synthetic_example
 from tests.images import gradient, jpeg, png
 
 SIZE = 16
@@ -251,24 +253,14 @@ def test_encode_mask_is_deterministic():
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encode_mask(mask)))), mask)
 
 
-def _pet_like_mask(height: int = 375, width: int = 500) -> np.ndarray:
-    """Background, an elliptical pet, and a thin border between them, like an Oxford trimap."""
-    y, x = np.mgrid[:height, :width]
-    radius = ((y - height / 2) / (0.35 * height)) ** 2 + ((x - width / 2) / (0.3 * width)) ** 2
-    mask = np.full((height, width), 1, np.uint8)
-    mask[radius < 1.1] = 2
-    mask[radius < 1.0] = 0
-    return mask
-
-
 def test_encode_mask_packs_runs_smaller_than_zlibs_default_strategy():
-    mask = _pet_like_mask()
+    mask = synthetic_example(0, 375)[1][..., 0]  # a pet, its border band and background
     encoded = encode_mask(mask)
-    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(encoded))), mask)
     image = Image.open(io.BytesIO(encoded))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=False, compress_level=1)
-    assert len(encoded) < 0.9 * len(buffer.getvalue())
+    np.testing.assert_array_equal(np.asarray(image), mask)
+    default_strategy = io.BytesIO()
+    image.save(default_strategy, format="PNG", optimize=False, compress_level=PNG_COMPRESS_LEVEL)
+    assert len(encoded) < 0.9 * len(default_strategy.getvalue())
 
 
 def test_write_atomically_leaves_no_partial_file(tmp_path, monkeypatch):
