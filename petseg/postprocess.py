@@ -12,8 +12,12 @@ functions, so offline scores describe exactly the masks users get.
 
 Implementation: ``tf.image.resize(method="bilinear")`` (half-pixel centres,
 the same sampling grid as Pillow's bilinear resize used on the input). It
-resizes all C channels in one call, runs on any device and, on CPU, takes a
-few milliseconds for a 500 x 375 image; the argmax fuses into the same call.
+resizes all C channels in one call, runs on any device and, on one CPU
+core, takes about 0.75 ms for a 500 x 375 image. The argmax and the
+confidence then come from :func:`mask_and_confidence`, a NumPy pass over
+contiguous class planes (about 0.45 ms more); the same reductions in
+TensorFlow, fused with the resize in one ``tf.function``, measured 2.5 ms in
+all, and a separable bilinear pass in NumPy 1.9 ms.
 """
 
 from __future__ import annotations
