@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from benchmarks.common import median
+from benchmarks.portable import portable_unet
 
 TUTORIAL_BATCH = 64
 TUTORIAL_BUFFER = 1000
@@ -40,43 +41,21 @@ class TutorialAugment(keras.layers.Layer):
         return self.augment_inputs(inputs), self.augment_labels(labels)
 
 
-def _pix2pix_upsample(filters: int, size: int) -> keras.Sequential:
-    # tensorflow_examples' pix2pix.upsample(filters, size), without dropout.
-    return keras.Sequential(
-        [
-            keras.layers.Conv2DTranspose(
-                filters,
-                size,
-                strides=2,
-                padding="same",
-                kernel_initializer=keras.initializers.RandomNormal(0.0, 0.02),
-                use_bias=False,
-            ),
-            keras.layers.BatchNormalization(),
-            keras.layers.ReLU(),
-        ]
-    )
-
-
 def tutorial_unet(image_size: int, alpha: float, weights: str | None) -> keras.Model:
-    """The tutorial's ``unet_model(3)``, with its frozen ``down_stack``."""
+    """The tutorial's ``unet_model(3)``, with its frozen ``down_stack``, fed [0, 1] pixels."""
+    from petseg.classes import NUM_CLASSES
     from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
 
-    base = keras.applications.MobileNetV2(
-        input_shape=[image_size, image_size, 3], include_top=False, alpha=alpha, weights=weights
+    return portable_unet(
+        image_size,
+        alpha,
+        NUM_CLASSES,
+        SKIP_LAYER_NAMES,
+        DECODER_FILTERS,
+        encoder_weights=weights,
+        scale_inputs=False,
+        name="tutorial_unet",
     )
-    down_stack = keras.Model(
-        inputs=base.input, outputs=[base.get_layer(name).output for name in SKIP_LAYER_NAMES]
-    )
-    down_stack.trainable = False
-    inputs = keras.layers.Input(shape=[image_size, image_size, 3])
-    skips = down_stack(inputs)
-    x = skips[-1]
-    for filters, skip in zip(DECODER_FILTERS, reversed(skips[:-1]), strict=True):
-        x = _pix2pix_upsample(filters, 3)(x)
-        x = keras.layers.Concatenate()([x, skip])
-    x = keras.layers.Conv2DTranspose(filters=3, kernel_size=3, strides=2, padding="same")(x)
-    return keras.Model(inputs=inputs, outputs=x)
 
 
 def tutorial_batches(

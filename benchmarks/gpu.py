@@ -1,0 +1,365 @@
+"""The U-Net's own compute on an accelerator: how fast a GPU worker could serve and train it.
+
+Two halves, since a GPU machine may have Keras and an accelerated backend
+(JAX, PyTorch) but no TensorFlow:
+
+    # where petseg is installed: the bench model as a stock-layer network,
+    # checked against petseg's own model, with reference outputs
+    python -m benchmarks.gpu export --model EXPORT_DIR --out gpu-model
+
+    # on the GPU machine, with Keras and JAX (this half imports no TensorFlow)
+    KERAS_BACKEND=jax python -m benchmarks.gpu measure --model gpu-model --out gpu-results
+
+``export`` moves the weights of a trained petseg model into
+:func:`benchmarks.portable.portable_unet` (the same network from Keras' stock
+layers), checks on this machine that both give the same logits, and saves
+the weights, the network's shape and a reference batch with petseg's logits.
+
+``measure`` first checks the backend's logits against that reference, then
+times, in each precision policy:
+
+- *serving*: the network plus softmax and argmax (what petseg's
+  ``serving_default`` returns) on uint8 batches from host memory, results
+  back in host memory, as a Beam worker would call it: images/s;
+- *one image a call*: the same at batch 1, the naive loop's model call;
+- *training*: one optimizer step of the frozen-encoder network on a batch
+  of 64 from host memory (the training benchmark's setting): images/s and
+  ms per step.
+
+Every figure is the median of several timed rounds after warm-up calls
+(which compile). Results go to ``gpu.json`` after every measurement, so a
+run cut short keeps what it measured, and a table is printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+SHAPE_FILE = "portable.json"
+WEIGHTS_FILE = "portable.weights.h5"
+REFERENCE_FILE = "reference.npz"
+RESULTS_FILE = "gpu.json"
+# The training benchmark's batch; the job's default inference batch is 32.
+TRAIN_BATCH = 64
+REFERENCE_BATCH = 8
+# Relative error of the exported network against petseg's model on the same backend.
+EXPORT_TOLERANCE = 1e-4
+
+
+def _save_json(path: str, document: dict) -> None:
+    """Writes ``path`` whole or not at all."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as file:
+        json.dump(document, file, indent=2)
+    os.chmod(file.name, 0o644)
+    os.replace(file.name, path)
+
+
+def relative_error(values: np.ndarray, reference: np.ndarray) -> float:
+    """``||values - reference|| / ||reference||`` in float64."""
+    reference = np.asarray(reference, np.float64)
+    return float(
+        np.linalg.norm(np.asarray(values, np.float64) - reference) / np.linalg.norm(reference)
+    )
+
+
+def export(export_dir: str, out: str) -> dict:
+    """Writes the bench model at ``export_dir`` as a stock-layer network to ``out``.
+
+    Raises:
+      ValueError: the stock-layer network does not reproduce petseg's logits.
+    """
+    import keras
+
+    from benchmarks.portable import portable_unet
+    from petseg.classes import NUM_CLASSES
+    from petseg.export import KERAS_FILE, read_model_info
+    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
+
+    info = read_model_info(export_dir)
+    # The weights are all this needs: no optimizer, no metrics.
+    model = keras.models.load_model(os.path.join(export_dir, KERAS_FILE), compile=False)
+    shape = {
+        "image_size": info.image_size,
+        "alpha": float(info.metadata["alpha"]),
+        "num_classes": NUM_CLASSES,
+        "skip_layer_names": list(SKIP_LAYER_NAMES),
+        "decoder_filters": list(DECODER_FILTERS),
+    }
+    network = portable_unet(**shape)
+    network.set_weights(model.get_weights())
+
+    rng = np.random.default_rng(0)
+    size = info.image_size
+    images = rng.integers(0, 256, (REFERENCE_BATCH, size, size, 3), dtype=np.uint8)
+    logits = np.asarray(model.predict_on_batch(images), np.float32)
+    error = relative_error(network.predict_on_batch(images), logits)
+    if not error < EXPORT_TOLERANCE:
+        raise ValueError(
+            f"the stock-layer network's logits differ from the model's by {error:.2e} "
+            f"(tolerance {EXPORT_TOLERANCE:.0e})"
+        )
+    os.makedirs(out, exist_ok=True)
+    network.save_weights(os.path.join(out, WEIGHTS_FILE))
+    np.savez_compressed(os.path.join(out, REFERENCE_FILE), images=images, logits=logits)
+    shape["export_check_relative_error"] = error
+    shape["source"] = os.path.abspath(export_dir)
+    shape["bench_model"] = info.metadata.get("bench_model", "")
+    _save_json(os.path.join(out, SHAPE_FILE), shape)
+    return shape
+
+
+def build(model_dir: str, policy: str):
+    """The exported network under Keras dtype ``policy``, its weights loaded."""
+    import keras
+
+    from benchmarks.portable import portable_unet
+
+    with open(os.path.join(model_dir, SHAPE_FILE), encoding="utf-8") as file:
+        shape = json.load(file)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        network = portable_unet(
+            shape["image_size"],
+            shape["alpha"],
+            shape["num_classes"],
+            shape["skip_layer_names"],
+            shape["decoder_filters"],
+        )
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    network.load_weights(os.path.join(model_dir, WEIGHTS_FILE))
+    return network
+
+
+def serving_network(network):
+    """``network`` with ``serving_default``'s outputs: float32 probabilities and a uint8 mask."""
+    import keras
+
+    probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(network.output)
+    mask = keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "uint8")
+    return keras.Model(network.input, [probabilities, mask], name="serving")
+
+
+def check_against_reference(model_dir: str, policy: str) -> dict:
+    """This backend's logits and masks against petseg's on the reference batch."""
+    reference = np.load(os.path.join(model_dir, REFERENCE_FILE))
+    logits = np.asarray(build(model_dir, policy).predict_on_batch(reference["images"]), np.float32)
+    expected = reference["logits"]
+    return {
+        "relative_error": relative_error(logits, expected),
+        "mask_agreement": float(np.mean(logits.argmax(-1) == expected.argmax(-1))),
+        "finite": bool(np.isfinite(logits).all()),
+    }
+
+
+def _rates(step, items: int, warmup: int, calls: int, rounds: int) -> dict:
+    """Median items/s of ``rounds`` rounds of ``calls`` calls of ``step``, after ``warmup``.
+
+    ``step`` returns host values, so each call has finished when it returns.
+    """
+    started = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    warmup_seconds = time.perf_counter() - started
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(calls):
+            step()
+        rates.append(items * calls / (time.perf_counter() - started))
+    rate = float(statistics.median(rates))
+    return {
+        "images_per_second": rate,
+        "ms_per_call": 1000.0 * items / rate,
+        "runs": rates,
+        "warmup_seconds": warmup_seconds,
+    }
+
+
+def serving_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: int) -> dict:
+    network = serving_network(build(model_dir, policy))
+    size = int(network.input.shape[1])
+    images = np.random.default_rng(1).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+
+    def step():
+        probabilities, mask = network.predict_on_batch(images)
+        return np.asarray(probabilities), np.asarray(mask)
+
+    return _rates(step, batch, 3, calls, rounds)
+
+
+def training_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: int) -> dict:
+    import keras
+
+    network = build(model_dir, policy)
+    network.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    size = int(network.input.shape[1])
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8).astype(np.float32)
+    labels = rng.integers(0, 3, (batch, size, size), dtype=np.int32)
+
+    def step():
+        loss = network.train_on_batch(images, labels)
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training loss is {loss} under {policy}")
+        return loss
+
+    return _rates(step, batch, 3, calls, rounds)
+
+
+def accelerator() -> dict:
+    """The backend and the devices it computes on."""
+    import keras
+
+    backend = keras.backend.backend()
+    devices: list[str] = []
+    if backend == "jax":
+        import jax
+
+        devices = [f"{device.platform}: {device.device_kind}" for device in jax.devices()]
+    elif backend == "torch":
+        import torch
+
+        devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        devices = [device.name for device in tf.config.list_logical_devices()]
+    return {
+        "backend": backend,
+        "keras": keras.__version__,
+        "devices": devices,
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+    }
+
+
+def measure(args) -> dict:
+    """Checks this backend against the reference, then times every asked measurement."""
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, RESULTS_FILE)
+    with open(os.path.join(args.model, SHAPE_FILE), encoding="utf-8") as file:
+        shape = json.load(file)
+    result: dict = {"machine": accelerator(), "model": shape, "checks": {}}
+    result.update({"serving": {}, "one_image_a_call": {}, "training": {}})
+    print(f"{result['machine']}", flush=True)
+    for policy in args.policies:
+        result["checks"][policy] = check_against_reference(args.model, policy)
+        print(f"  check {policy}: {result['checks'][policy]}", flush=True)
+        _save_json(path, result)
+    for policy in args.policies:
+        for batch in args.batch_sizes:
+            figures = serving_rate(args.model, policy, batch, args.calls, args.rounds)
+            result["serving"].setdefault(policy, {})[str(batch)] = figures
+            print(
+                f"  serving {policy} batch {batch}: {figures['images_per_second']:.0f} images/s",
+                flush=True,
+            )
+            _save_json(path, result)
+    figures = serving_rate(args.model, "float32", 1, args.calls, args.rounds)
+    result["one_image_a_call"] = figures
+    print(f"  one image a call: {figures['images_per_second']:.1f} images/s", flush=True)
+    _save_json(path, result)
+    for policy in args.policies:
+        figures = training_rate(args.model, policy, args.train_batch, args.calls, args.rounds)
+        result["training"][policy] = {**figures, "batch": args.train_batch}
+        print(f"  training {policy}: {figures['images_per_second']:.0f} images/s", flush=True)
+        _save_json(path, result)
+    print("\n".join(markdown(result)))
+    return result
+
+
+def markdown(result: dict) -> list[str]:
+    """The measurements as a Markdown table."""
+    machine = result["machine"]
+    lines = [
+        f"U-Net {result['model']['image_size']} px, alpha {result['model']['alpha']}, on "
+        f"{', '.join(machine['devices']) or 'no device listed'} (Keras {machine['keras']}, "
+        f"{machine['backend']} backend); medians",
+        "",
+        "| measurement | policy | batch | images/s | ms per call |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for policy, batches in result["serving"].items():
+        for batch, figures in batches.items():
+            lines.append(
+                f"| serving (probabilities + mask, host to host) | {policy} | {batch} | "
+                f"{figures['images_per_second']:.0f} | {figures['ms_per_call']:.2f} |"
+            )
+    if result["one_image_a_call"]:
+        figures = result["one_image_a_call"]
+        lines.append(
+            f"| one image a call | float32 | 1 | {figures['images_per_second']:.1f} | "
+            f"{figures['ms_per_call']:.2f} |"
+        )
+    for policy, figures in result["training"].items():
+        lines.append(
+            f"| training step, frozen encoder | {policy} | {figures['batch']} | "
+            f"{figures['images_per_second']:.0f} | {figures['ms_per_call']:.1f} |"
+        )
+    lines += ["", "| check against petseg's logits | relative error | same mask pixels |"]
+    lines.append("| --- | ---: | ---: |")
+    for policy, check in result["checks"].items():
+        lines.append(
+            f"| {policy} | {check['relative_error']:.1e} | {100 * check['mask_agreement']:.2f} % |"
+        )
+    return lines
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    exporting = commands.add_parser("export", help="write the bench model as a stock-layer network")
+    exporting.add_argument("--model", required=True, help="a petseg export directory")
+    exporting.add_argument("--out", required=True, help="folder for the network and reference")
+    measuring = commands.add_parser("measure", help="check and time the network on this backend")
+    measuring.add_argument("--model", required=True, help="a folder written by export")
+    measuring.add_argument("--out", required=True, help="folder for gpu.json")
+    measuring.add_argument(
+        "--policies",
+        nargs="+",
+        default=["float32", "mixed_float16", "mixed_bfloat16"],
+        help="Keras dtype policies (petseg trains in mixed_float16 on GPUs)",
+    )
+    measuring.add_argument("--batch-sizes", nargs="+", type=int, default=[32, 256])
+    measuring.add_argument("--train-batch", type=int, default=TRAIN_BATCH)
+    measuring.add_argument("--calls", type=int, default=20, help="timed calls per round")
+    measuring.add_argument("--rounds", type=int, default=5)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "export":
+        try:
+            shape = export(args.model, args.out)
+        except (OSError, ValueError) as error:
+            print(f"benchmarks.gpu export: {error}", file=sys.stderr)
+            return 1
+        print(
+            f"wrote {args.out}: {shape['image_size']} px, alpha {shape['alpha']}, "
+            f"logits within {shape['export_check_relative_error']:.1e} of the model's"
+        )
+        return 0
+    measure(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
