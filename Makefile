@@ -12,7 +12,7 @@ export PETSEG_OXFORD_SAMPLE ?= $(SHARED)/data/oxford-pets-sample
 export PETSEG_ENCODER_WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test demo lint bench profile accuracy clean
+.PHONY: install test demo lint bench bench-gpu profile accuracy clean
 
 install: $(STAMP)
 
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results
+
+# The bench model's serving and training compute on the backend Keras finds
+# (docs/benchmarks.md: on a GPU).
+bench-gpu: $(STAMP)
+	$(BIN)/python -m benchmarks.gpu export --out runs/bench/gpu-model
+	$(BIN)/python -m benchmarks.gpu measure --model runs/bench/gpu-model --out benchmarks/results
 
 profile: $(STAMP)
 	$(BIN)/python -m benchmarks.profile --out benchmarks/results

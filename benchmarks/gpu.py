@@ -3,12 +3,14 @@
 Two halves, since a GPU machine may have Keras and an accelerated backend
 (JAX, PyTorch) but no TensorFlow:
 
-    # where petseg is installed: the bench model as a stock-layer network,
-    # checked against petseg's own model, with reference outputs
-    python -m benchmarks.gpu export --model EXPORT_DIR --out gpu-model
+    # where petseg is installed: make bench's model (or --model EXPORT_DIR)
+    # as a stock-layer network, checked against petseg's own, with reference outputs
+    python -m benchmarks.gpu export --out runs/bench/gpu-model
 
     # on the GPU machine, with Keras and JAX (this half imports no TensorFlow)
-    KERAS_BACKEND=jax python -m benchmarks.gpu measure --model gpu-model --out gpu-results
+    KERAS_BACKEND=jax python -m benchmarks.gpu measure --model runs/bench/gpu-model --out OUT
+
+``make bench-gpu`` runs both on one machine, with the backend Keras is set to.
 
 ``export`` moves the weights of a trained petseg model into
 :func:`benchmarks.portable.portable_unet` (the same network from Keras' stock
@@ -51,6 +53,9 @@ RESULTS_FILE = "gpu.json"
 # The training benchmark's batch; the job's default inference batch is 32.
 TRAIN_BATCH = 64
 REFERENCE_BATCH = 8
+# make bench's segmentation model.
+BENCH_IMAGE_SIZE = 128
+BENCH_ALPHA = 1.0
 # Relative error of the exported network against petseg's model on the same backend.
 EXPORT_TOLERANCE = 1e-4
 
@@ -83,20 +88,29 @@ def export(export_dir: str, out: str) -> dict:
     from benchmarks.portable import portable_unet
     from petseg.classes import NUM_CLASSES
     from petseg.export import KERAS_FILE, read_model_info
-    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
+    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES, VALID_ALPHAS
 
     info = read_model_info(export_dir)
     # The weights are all this needs: no optimizer, no metrics.
     model = keras.models.load_model(os.path.join(export_dir, KERAS_FILE), compile=False)
     shape = {
         "image_size": info.image_size,
-        "alpha": float(info.metadata["alpha"]),
         "num_classes": NUM_CLASSES,
         "skip_layer_names": list(SKIP_LAYER_NAMES),
         "decoder_filters": list(DECODER_FILTERS),
     }
-    network = portable_unet(**shape)
-    network.set_weights(model.get_weights())
+    # petseg.json records the width of models train.py made; any other
+    # export gets the width its weights fit.
+    recorded = info.metadata.get("alpha")
+    weights = model.get_weights()
+    for alpha in [float(recorded)] if recorded is not None else VALID_ALPHAS:
+        network = portable_unet(alpha=alpha, **shape)
+        if [w.shape for w in network.get_weights()] == [w.shape for w in weights]:
+            break
+    else:
+        raise ValueError(f"{export_dir}: the model's weights fit no MobileNetV2 width")
+    network.set_weights(weights)
+    shape["alpha"] = alpha
 
     rng = np.random.default_rng(0)
     size = info.image_size
@@ -326,7 +340,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     exporting = commands.add_parser("export", help="write the bench model as a stock-layer network")
-    exporting.add_argument("--model", required=True, help="a petseg export directory")
+    exporting.add_argument(
+        "--model", help="a petseg export directory (default: make bench's model, made if absent)"
+    )
+    exporting.add_argument(
+        "--workdir", default=os.path.join("runs", "bench"), help="make bench's cache of models"
+    )
     exporting.add_argument("--out", required=True, help="folder for the network and reference")
     measuring = commands.add_parser("measure", help="check and time the network on this backend")
     measuring.add_argument("--model", required=True, help="a folder written by export")
@@ -347,6 +366,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "export":
+        if args.model is None:
+            from benchmarks.common import export_bench_model
+
+            args.model = export_bench_model(args.workdir, BENCH_IMAGE_SIZE, BENCH_ALPHA)
         try:
             shape = export(args.model, args.out)
         except (OSError, ValueError) as error:
@@ -357,7 +380,11 @@ def main(argv: list[str] | None = None) -> int:
             f"logits within {shape['export_check_relative_error']:.1e} of the model's"
         )
         return 0
-    measure(args)
+    try:
+        measure(args)
+    except (OSError, KeyError, ValueError) as error:
+        print(f"benchmarks.gpu measure: {args.model}: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -81,3 +81,51 @@ def test_profile_accounts_for_every_step_and_model_call(tmp_path):
     assert alone["model_call_ms_median"] < result["model_call_ms_median"]
     # The probes are gone once the run is over.
     assert (DecodeImageFn.work, ServingModel.probabilities) == unprobed
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_exports_the_same_network_and_measures_it(model_dir, tmp_path):
+    from benchmarks import gpu
+
+    network = tmp_path / "network"
+    assert gpu.main(["export", "--model", str(model_dir), "--out", str(network)]) == 0
+    shape = json.loads((network / gpu.SHAPE_FILE).read_text())
+    # The tiny model's petseg.json has no width: the one its weights fit is found.
+    assert (shape["image_size"], shape["alpha"]) == (64, 0.35)
+    assert shape["export_check_relative_error"] < gpu.EXPORT_TOLERANCE
+
+    # The measuring half runs on whatever backend Keras has: here TensorFlow on the CPU.
+    results = tmp_path / "results"
+    argv = ["measure", "--model", str(network), "--out", str(results), "--policies", "float32"]
+    argv += ["--batch-sizes", "2", "--train-batch", "2", "--calls", "1", "--rounds", "1"]
+    assert gpu.main(argv) == 0
+    result = json.loads((results / gpu.RESULTS_FILE).read_text())
+    check = result["checks"]["float32"]
+    assert check["relative_error"] < gpu.EXPORT_TOLERANCE
+    assert check["mask_agreement"] == 1.0 and check["finite"]
+    assert result["machine"]["backend"] == "tensorflow"
+    rates = [
+        result["serving"]["float32"]["2"]["images_per_second"],
+        result["one_image_a_call"]["images_per_second"],
+        result["training"]["float32"]["images_per_second"],
+    ]
+    assert all(rate > 0 for rate in rates), result
+    assert result["training"]["float32"]["batch"] == 2
+
+
+def test_gpu_benchmark_export_refuses_a_network_that_computes_something_else(
+    model_dir, tmp_path, monkeypatch, capsys
+):
+    from benchmarks import gpu, portable
+
+    build = portable.portable_unet
+
+    def unscaled(*args, **kwargs):
+        # Same weights, but fed 0-255 pixels where the encoder wants [-1, 1].
+        return build(*args, **{**kwargs, "scale_inputs": False})
+
+    monkeypatch.setattr(portable, "portable_unet", unscaled)
+    network = tmp_path / "network"
+    assert gpu.main(["export", "--model", str(model_dir), "--out", str(network)]) == 1
+    assert "logits differ from the model's" in capsys.readouterr().err
+    assert not network.exists()
