@@ -39,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -122,13 +123,24 @@ def export(export_dir: str, out: str) -> dict:
             f"the stock-layer network's logits differ from the model's by {error:.2e} "
             f"(tolerance {EXPORT_TOLERANCE:.0e})"
         )
-    os.makedirs(out, exist_ok=True)
-    network.save_weights(os.path.join(out, WEIGHTS_FILE))
-    np.savez_compressed(os.path.join(out, REFERENCE_FILE), images=images, logits=logits)
     shape["export_check_relative_error"] = error
     shape["source"] = os.path.abspath(export_dir)
     shape["bench_model"] = info.metadata.get("bench_model", "")
-    _save_json(os.path.join(out, SHAPE_FILE), shape)
+    # Written to a staging folder and renamed, so ``out`` is whole or absent.
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".gpu-model-", dir=parent)
+    try:
+        network.save_weights(os.path.join(staging, WEIGHTS_FILE))
+        np.savez_compressed(os.path.join(staging, REFERENCE_FILE), images=images, logits=logits)
+        _save_json(os.path.join(staging, SHAPE_FILE), shape)
+        os.chmod(staging, 0o755)
+        if os.path.exists(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return shape
 
 
