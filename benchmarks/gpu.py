@@ -10,23 +10,27 @@ Two halves, since a GPU machine may have Keras and an accelerated backend
     # on the GPU machine, with Keras and JAX (this half imports no TensorFlow)
     KERAS_BACKEND=jax python -m benchmarks.gpu measure --model runs/bench/gpu-model --out OUT
 
-``make bench-gpu`` runs both on one machine, with the backend Keras is set to.
+``make bench-gpu`` runs both on one machine with TensorFlow, which times a
+GPU only where TensorFlow has one.
 
 ``export`` moves the weights of a trained petseg model into
 :func:`benchmarks.portable.portable_unet` (the same network from Keras' stock
 layers), checks on this machine that both give the same logits, and saves
 the weights, the network's shape and a reference batch with petseg's logits.
 
-``measure`` first checks the backend's logits against that reference, then
-times, in each precision policy:
+``measure`` first checks the backend's logits against that reference, and
+times nothing unless the float32 network gives petseg's mask on at least
+99 % of the pixels, nor where Keras sees no accelerator (``--allow-cpu``
+times the CPU). Then, in each precision policy:
 
 - *serving*: the network plus softmax and argmax (what petseg's
   ``serving_default`` returns) on uint8 batches from host memory, results
   back in host memory, as a Beam worker would call it: images/s;
-- *one image a call*: the same at batch 1, the naive loop's model call;
-- *training*: one optimizer step of the frozen-encoder network on a batch
-  of 64 from host memory (the training benchmark's setting): images/s and
-  ms per step.
+- *one image a call*: the same at batch 1, through ``predict_on_batch``
+  (the naive loop's ``model.predict`` adds Keras' per-call overhead);
+- *training*: one optimizer step of the network on a batch of 64 from host
+  memory, encoder frozen as in the training benchmark: images/s and ms per
+  step. This is the stock-layer network's compute, not petseg's own layers.
 
 Every figure is the median of several timed rounds after warm-up calls
 (which compile). Results go to ``gpu.json`` after every measurement, so a
@@ -44,7 +48,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
+import keras
 import numpy as np
 
 SHAPE_FILE = "portable.json"
@@ -59,13 +65,30 @@ BENCH_IMAGE_SIZE = 128
 BENCH_ALPHA = 1.0
 # Relative error of the exported network against petseg's model on the same backend.
 EXPORT_TOLERANCE = 1e-4
+# The least share of mask pixels a backend's float32 network must give as
+# petseg's model does before it is timed (GPUs may compute float32
+# convolutions in TF32, which moves logits by about 1e-3, masks hardly).
+FLOAT32_MASK_AGREEMENT = 0.99
+
+
+class MeasureError(RuntimeError):
+    """This backend cannot be measured as asked."""
 
 
 def _save_json(path: str, document: dict) -> None:
-    """Writes ``path`` whole or not at all."""
+    """Writes ``path`` whole or not at all.
+
+    ``petseg.beam.write.write_json`` does the same, but importing it would
+    bring Beam and TensorFlow into the measuring half.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as file:
-        json.dump(document, file, indent=2)
+        try:
+            json.dump(document, file, indent=2)
+        except BaseException:
+            file.close()
+            os.unlink(file.name)
+            raise
     os.chmod(file.name, 0o644)
     os.replace(file.name, path)
 
@@ -84,14 +107,18 @@ def export(export_dir: str, out: str) -> dict:
     Raises:
       ValueError: the stock-layer network does not reproduce petseg's logits.
     """
-    import keras
-
     from benchmarks.portable import portable_unet
     from petseg.classes import NUM_CLASSES
     from petseg.export import KERAS_FILE, read_model_info
     from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES, VALID_ALPHAS
 
     info = read_model_info(export_dir)
+    if info.metadata.get("test_time_augmentation"):
+        raise ValueError(
+            f"{export_dir} serves with test-time augmentation "
+            f"({', '.join(info.metadata['test_time_augmentation'])}), one network pass per "
+            "view; export a model without it"
+        )
     # The weights are all this needs: no optimizer, no metrics.
     model = keras.models.load_model(os.path.join(export_dir, KERAS_FILE), compile=False)
     shape = {
@@ -144,14 +171,27 @@ def export(export_dir: str, out: str) -> dict:
     return shape
 
 
-def build(model_dir: str, policy: str):
-    """The exported network under Keras dtype ``policy``, its weights loaded."""
-    import keras
+def read_shape(model_dir: str) -> dict:
+    """``portable.json`` of a folder written by :func:`export`.
 
-    from benchmarks.portable import portable_unet
-
+    Raises:
+      OSError: the file cannot be read.
+      ValueError: it is not JSON, or lacks a field the network needs.
+    """
     with open(os.path.join(model_dir, SHAPE_FILE), encoding="utf-8") as file:
         shape = json.load(file)
+    needed = ("image_size", "alpha", "num_classes", "skip_layer_names", "decoder_filters")
+    missing = [key for key in needed if key not in shape]
+    if missing:
+        raise ValueError(f"{SHAPE_FILE} lacks {', '.join(missing)}")
+    return shape
+
+
+def build(model_dir: str, policy: str) -> keras.Model:
+    """The exported network under Keras dtype ``policy``, its weights loaded."""
+    from benchmarks.portable import portable_unet
+
+    shape = read_shape(model_dir)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -168,10 +208,8 @@ def build(model_dir: str, policy: str):
     return network
 
 
-def serving_network(network):
+def serving_network(network: keras.Model) -> keras.Model:
     """``network`` with ``serving_default``'s outputs: float32 probabilities and a uint8 mask."""
-    import keras
-
     probabilities = keras.layers.Softmax(dtype="float32", name="probabilities")(network.output)
     mask = keras.ops.cast(keras.ops.argmax(probabilities, axis=-1), "uint8")
     return keras.Model(network.input, [probabilities, mask], name="serving")
@@ -189,7 +227,7 @@ def check_against_reference(model_dir: str, policy: str) -> dict:
     }
 
 
-def _rates(step, items: int, warmup: int, calls: int, rounds: int) -> dict:
+def _rates(step: Callable[[], object], items: int, warmup: int, calls: int, rounds: int) -> dict:
     """Median items/s of ``rounds`` rounds of ``calls`` calls of ``step``, after ``warmup``.
 
     ``step`` returns host values, so each call has finished when it returns.
@@ -214,6 +252,12 @@ def _rates(step, items: int, warmup: int, calls: int, rounds: int) -> dict:
 
 
 def serving_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: int) -> dict:
+    """Images/s of the network with softmax and argmax on uint8 batches of ``batch``.
+
+    Each call sends the batch from host memory and brings probabilities and
+    mask back, as a Beam worker's call would; ``predict_on_batch`` keeps
+    Keras' per-call overhead to its least.
+    """
     network = serving_network(build(model_dir, policy))
     size = int(network.input.shape[1])
     images = np.random.default_rng(1).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
@@ -226,8 +270,11 @@ def serving_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: in
 
 
 def training_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: int) -> dict:
-    import keras
+    """Images/s of one optimizer step (Adam, per-pixel cross-entropy) on a batch of ``batch``.
 
+    The encoder is frozen, as in the training benchmark; labels are random
+    classes, which cost the same arithmetic as real ones.
+    """
     network = build(model_dir, policy)
     network.compile(
         optimizer=keras.optimizers.Adam(1e-3),
@@ -236,7 +283,8 @@ def training_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: i
     size = int(network.input.shape[1])
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8).astype(np.float32)
-    labels = rng.integers(0, 3, (batch, size, size), dtype=np.int32)
+    classes = int(network.output.shape[-1])
+    labels = rng.integers(0, classes, (batch, size, size), dtype=np.int32)
 
     def step():
         loss = network.train_on_batch(images, labels)
@@ -248,45 +296,73 @@ def training_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: i
 
 
 def accelerator() -> dict:
-    """The backend and the devices it computes on."""
-    import keras
-
+    """The backend, every device it computes on, its accelerators, and how it does float32."""
     backend = keras.backend.backend()
     devices: list[str] = []
+    accelerators: list[str] = []
+    float32_matmul = "unknown"
     if backend == "jax":
         import jax
 
         devices = [f"{device.platform}: {device.device_kind}" for device in jax.devices()]
+        accelerators = [device.device_kind for device in jax.devices() if device.platform != "cpu"]
+        float32_matmul = f"jax_default_matmul_precision={jax.config.jax_default_matmul_precision}"
     elif backend == "torch":
         import torch
 
-        devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        accelerators = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        devices = ["cpu", *accelerators]
+        float32_matmul = (
+            f"allow_tf32: matmul {torch.backends.cuda.matmul.allow_tf32}, "
+            f"cudnn {torch.backends.cudnn.allow_tf32}"
+        )
     elif backend == "tensorflow":
         import tensorflow as tf
 
         devices = [device.name for device in tf.config.list_logical_devices()]
+        accelerators = [device.name for device in tf.config.list_logical_devices("GPU")]
+        float32_matmul = f"tf32 {tf.config.experimental.tensor_float_32_execution_enabled()}"
     return {
         "backend": backend,
         "keras": keras.__version__,
         "devices": devices,
+        "accelerators": accelerators,
+        "float32_matmul": float32_matmul,
         "python": platform.python_version(),
         "cpu_cores": os.cpu_count(),
     }
 
 
-def measure(args) -> dict:
-    """Checks this backend against the reference, then times every asked measurement."""
+def measure(args: argparse.Namespace) -> dict:
+    """Checks this backend against the reference, then times every asked measurement.
+
+    Raises:
+      MeasureError: no accelerator (without ``--allow-cpu``), or this
+        backend's float32 network does not give petseg's masks.
+    """
+    shape = read_shape(args.model)
+    machine = accelerator()
+    print(f"{machine}", flush=True)
+    if not machine["accelerators"] and not args.allow_cpu:
+        raise MeasureError(
+            f"Keras' {machine['backend']} backend sees no accelerator, only "
+            f"{', '.join(machine['devices']) or 'no device'} (--allow-cpu times the CPU)"
+        )
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, RESULTS_FILE)
-    with open(os.path.join(args.model, SHAPE_FILE), encoding="utf-8") as file:
-        shape = json.load(file)
-    result: dict = {"machine": accelerator(), "model": shape, "checks": {}}
+    result: dict = {"machine": machine, "model": shape, "checks": {}}
     result.update({"serving": {}, "one_image_a_call": {}, "training": {}})
-    print(f"{result['machine']}", flush=True)
-    for policy in args.policies:
+    for policy in dict.fromkeys(["float32", *args.policies]):
         result["checks"][policy] = check_against_reference(args.model, policy)
         print(f"  check {policy}: {result['checks'][policy]}", flush=True)
         _save_json(path, result)
+    check = result["checks"]["float32"]
+    if not check["finite"] or check["mask_agreement"] < FLOAT32_MASK_AGREEMENT:
+        raise MeasureError(
+            f"this backend's float32 network gives petseg's mask on only "
+            f"{100 * check['mask_agreement']:.2f} % of pixels (finite: {check['finite']}); "
+            "not timing it"
+        )
     for policy in args.policies:
         for batch in args.batch_sizes:
             figures = serving_rate(args.model, policy, batch, args.calls, args.rounds)
@@ -323,18 +399,20 @@ def markdown(result: dict) -> list[str]:
     for policy, batches in result["serving"].items():
         for batch, figures in batches.items():
             lines.append(
-                f"| serving (probabilities + mask, host to host) | {policy} | {batch} | "
+                f"| serving: probabilities and mask, host to host | {policy} | {batch} | "
                 f"{figures['images_per_second']:.0f} | {figures['ms_per_call']:.2f} |"
             )
     if result["one_image_a_call"]:
         figures = result["one_image_a_call"]
         lines.append(
-            f"| one image a call | float32 | 1 | {figures['images_per_second']:.1f} | "
+            f"| one image a call (`predict_on_batch`) | float32 | 1 | "
+            f"{figures['images_per_second']:.1f} | "
             f"{figures['ms_per_call']:.2f} |"
         )
     for policy, figures in result["training"].items():
         lines.append(
-            f"| training step, frozen encoder | {policy} | {figures['batch']} | "
+            f"| training step of the stock-layer network, encoder frozen | {policy} | "
+            f"{figures['batch']} | "
             f"{figures['images_per_second']:.0f} | {figures['ms_per_call']:.1f} |"
         )
     lines += ["", "| check against petseg's logits | relative error | same mask pixels |"]
@@ -347,6 +425,7 @@ def markdown(result: dict) -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The ``export`` or ``measure`` command and its flags."""
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.gpu", description=__doc__.split("\n")[0]
     )
@@ -372,10 +451,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     measuring.add_argument("--train-batch", type=int, default=TRAIN_BATCH)
     measuring.add_argument("--calls", type=int, default=20, help="timed calls per round")
     measuring.add_argument("--rounds", type=int, default=5)
+    measuring.add_argument(
+        "--allow-cpu", action="store_true", help="time the CPU where no accelerator is seen"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs one half; exits 1 with a one-line error when it cannot."""
     args = parse_args(argv)
     if args.command == "export":
         if args.model is None:
@@ -394,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         measure(args)
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, ValueError, MeasureError) as error:
         print(f"benchmarks.gpu measure: {args.model}: {error}", file=sys.stderr)
         return 1
     return 0

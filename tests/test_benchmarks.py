@@ -83,27 +83,48 @@ def test_profile_accounts_for_every_step_and_model_call(tmp_path):
     assert (DecodeImageFn.work, ServingModel.probabilities) == unprobed
 
 
-@pytest.mark.slow
-def test_gpu_benchmark_exports_the_same_network_and_measures_it(model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def gpu_network(model_dir, tmp_path_factory):
+    """The tiny model written by ``benchmarks.gpu export``."""
     from benchmarks import gpu
 
-    network = tmp_path / "network"
+    network = tmp_path_factory.mktemp("gpu") / "network"
     assert gpu.main(["export", "--model", str(model_dir), "--out", str(network)]) == 0
-    shape = json.loads((network / gpu.SHAPE_FILE).read_text())
+    return network
+
+
+TINY_MEASURE = ["--batch-sizes", "2", "--train-batch", "2", "--calls", "1", "--rounds", "1"]
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_exports_the_same_network_and_measures_it(gpu_network, tmp_path):
+    import subprocess
+    import sys
+
+    from benchmarks import gpu
+
+    shape = json.loads((gpu_network / gpu.SHAPE_FILE).read_text())
     # The tiny model's petseg.json has no width: the one its weights fit is found.
     assert (shape["image_size"], shape["alpha"]) == (64, 0.35)
     assert shape["export_check_relative_error"] < gpu.EXPORT_TOLERANCE
 
-    # The measuring half runs on whatever backend Keras has: here TensorFlow on the CPU.
+    # The measuring half, in a process where petseg cannot be imported, on
+    # the backend Keras has here: TensorFlow on the CPU.
     results = tmp_path / "results"
-    argv = ["measure", "--model", str(network), "--out", str(results), "--policies", "float32"]
-    argv += ["--batch-sizes", "2", "--train-batch", "2", "--calls", "1", "--rounds", "1"]
-    assert gpu.main(argv) == 0
+    argv = ["measure", "--model", str(gpu_network), "--out", str(results), "--allow-cpu"]
+    argv += ["--policies", "float32", *TINY_MEASURE]
+    child = "import sys; sys.modules['petseg'] = None; from benchmarks import gpu; "
+    child += "sys.exit(gpu.main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", child, *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads((results / gpu.RESULTS_FILE).read_text())
     check = result["checks"]["float32"]
     assert check["relative_error"] < gpu.EXPORT_TOLERANCE
     assert check["mask_agreement"] == 1.0 and check["finite"]
     assert result["machine"]["backend"] == "tensorflow"
+    assert result["machine"]["accelerators"] == []
     rates = [
         result["serving"]["float32"]["2"]["images_per_second"],
         result["one_image_a_call"]["images_per_second"],
@@ -111,6 +132,68 @@ def test_gpu_benchmark_exports_the_same_network_and_measures_it(model_dir, tmp_p
     ]
     assert all(rate > 0 for rate in rates), result
     assert result["training"]["float32"]["batch"] == 2
+    assert "| serving: probabilities and mask, host to host | float32 | 2 |" in done.stdout
+
+
+def test_gpu_benchmark_measuring_half_imports_tensorflow_only_for_its_backend():
+    import ast
+    import inspect
+
+    from benchmarks import gpu, portable
+
+    def imports(module):
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.Import):
+                yield from (alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                yield node.module
+
+    assert not [n for n in imports(portable) if n.split(".")[0] in ("petseg", "tensorflow")]
+    # petseg (which imports TensorFlow) only in export; TensorFlow itself only
+    # to list the devices of Keras' TensorFlow backend.
+    measuring = [gpu.measure, gpu.build, gpu.check_against_reference, gpu.serving_rate]
+    measuring += [gpu.training_rate, gpu.read_shape, gpu.markdown]
+    for function in measuring:
+        source = ast.parse(inspect.getsource(function).lstrip())
+        names = [
+            alias.name if isinstance(node, ast.Import) else node.module
+            for node in ast.walk(source)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+            for alias in node.names
+        ]
+        assert not [n for n in names if n.split(".")[0] in ("petseg", "tensorflow")], function
+    top_level = [n.split(".")[0] for n in imports(gpu)]
+    assert top_level.count("tensorflow") == 1 and "petseg" in top_level
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_times_nothing_without_an_accelerator_or_with_wrong_masks(
+    gpu_network, tmp_path, capsys
+):
+    import numpy as np
+
+    from benchmarks import gpu
+
+    results = tmp_path / "results"
+    argv = ["measure", "--model", str(gpu_network), "--out", str(results), *TINY_MEASURE]
+    argv += ["--policies", "float32"]
+    assert gpu.main(argv) == 1
+    assert "sees no accelerator" in capsys.readouterr().err
+    assert not results.exists()
+
+    # A reference this backend's network disagrees with: the logits negated.
+    wrong = tmp_path / "wrong"
+    wrong.mkdir()
+    for name in (gpu.SHAPE_FILE, gpu.WEIGHTS_FILE):
+        (wrong / name).write_bytes((gpu_network / name).read_bytes())
+    reference = np.load(gpu_network / gpu.REFERENCE_FILE)
+    np.savez(wrong / gpu.REFERENCE_FILE, images=reference["images"], logits=-reference["logits"])
+    argv = ["measure", "--model", str(wrong), "--out", str(results), "--allow-cpu", *argv[5:]]
+    assert gpu.main(argv) == 1
+    assert "not timing it" in capsys.readouterr().err
+    result = json.loads((results / gpu.RESULTS_FILE).read_text())
+    assert result["checks"]["float32"]["mask_agreement"] < gpu.FLOAT32_MASK_AGREEMENT
+    assert result["serving"] == {} and result["training"] == {}
 
 
 def test_gpu_benchmark_export_refuses_a_network_that_computes_something_else(
