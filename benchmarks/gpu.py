@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -109,7 +108,7 @@ def export(export_dir: str, out: str) -> dict:
     """
     from benchmarks.portable import portable_unet
     from petseg.classes import NUM_CLASSES
-    from petseg.export import KERAS_FILE, read_model_info
+    from petseg.export import KERAS_FILE, read_model_info, staged_directory
     from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES, VALID_ALPHAS
 
     info = read_model_info(export_dir)
@@ -153,21 +152,11 @@ def export(export_dir: str, out: str) -> dict:
     shape["export_check_relative_error"] = error
     shape["source"] = os.path.abspath(export_dir)
     shape["bench_model"] = info.metadata.get("bench_model", "")
-    # Written to a staging folder and renamed, so ``out`` is whole or absent.
-    parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".gpu-model-", dir=parent)
-    try:
+    with staged_directory(out, ".gpu-model-") as staging:
         network.save_weights(os.path.join(staging, WEIGHTS_FILE))
         np.savez_compressed(os.path.join(staging, REFERENCE_FILE), images=images, logits=logits)
         _save_json(os.path.join(staging, SHAPE_FILE), shape)
         os.chmod(staging, 0o755)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return shape
 
 

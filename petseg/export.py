@@ -8,12 +8,14 @@ touch Keras.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +92,32 @@ def serving_function(
     )
 
 
+@contextlib.contextmanager
+def staged_directory(path: str, prefix: str) -> Iterator[str]:
+    """A hidden sibling folder of ``path`` to fill, which then replaces ``path`` whole.
+
+    On a clean exit the folder is renamed to ``path`` (an existing ``path``
+    is removed first); on any error it is removed and ``path`` is left as
+    it was. A reader of ``path`` finds the old folder or the new one, never
+    a half-written mix.
+
+    Args:
+      path: the folder to write.
+      prefix: the start of the hidden folder's name, a dot first.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield staging
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def export_model(
     model: keras.Model, export_dir: str, metadata: dict[str, Any], flip_tta: bool = False
 ) -> str:
@@ -110,10 +138,7 @@ def export_model(
     """
     image_size = int(model.input_shape[1])
     num_classes = int(model.output_shape[-1])
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with staged_directory(export_dir, ".export-") as staging:
         # The archive saves every variable the endpoint reads, each once. It
         # does not ``track(model)``: that would save each weight a second time,
         # through its ``keras.Variable`` wrapper (keras-team/keras#23553),
@@ -140,12 +165,6 @@ def export_model(
         }
         with open(os.path.join(staging, METADATA_FILE), "w", encoding="utf-8") as file:
             json.dump(document, file, indent=2, sort_keys=True)
-        if os.path.exists(export_dir):
-            shutil.rmtree(export_dir)
-        os.replace(staging, export_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return export_dir
 
 
