@@ -176,11 +176,11 @@ def read_shape(model_dir: str) -> dict:
     return shape
 
 
-def build(model_dir: str, policy: str) -> keras.Model:
-    """The exported network under Keras dtype ``policy``, its weights loaded."""
+def build(model_dir: str, shape: dict, policy: str) -> keras.Model:
+    """The network of ``shape`` (:func:`read_shape`) under Keras dtype ``policy``,
+    its weights loaded from ``model_dir``."""
     from benchmarks.portable import portable_unet
 
-    shape = read_shape(model_dir)
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:
@@ -204,11 +204,9 @@ def serving_network(network: keras.Model) -> keras.Model:
     return keras.Model(network.input, [probabilities, mask], name="serving")
 
 
-def check_against_reference(model_dir: str, policy: str) -> dict:
-    """This backend's logits and masks against petseg's on the reference batch."""
-    reference = np.load(os.path.join(model_dir, REFERENCE_FILE))
-    logits = np.asarray(build(model_dir, policy).predict_on_batch(reference["images"]), np.float32)
-    expected = reference["logits"]
+def check_against_reference(network: keras.Model, images: np.ndarray, expected: np.ndarray) -> dict:
+    """``network``'s logits and masks on the reference ``images`` against petseg's ``expected``."""
+    logits = np.asarray(network.predict_on_batch(images), np.float32)
     return {
         "relative_error": relative_error(logits, expected),
         "mask_agreement": float(np.mean(logits.argmax(-1) == expected.argmax(-1))),
@@ -240,14 +238,13 @@ def _rates(step: Callable[[], object], items: int, warmup: int, calls: int, roun
     }
 
 
-def serving_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: int) -> dict:
-    """Images/s of the network with softmax and argmax on uint8 batches of ``batch``.
+def serving_rate(network: keras.Model, batch: int, calls: int, rounds: int) -> dict:
+    """Images/s of a :func:`serving_network` on uint8 batches of ``batch``.
 
     Each call sends the batch from host memory and brings probabilities and
     mask back, as a Beam worker's call would; ``predict_on_batch`` keeps
     Keras' per-call overhead to its least.
     """
-    network = serving_network(build(model_dir, policy))
     size = int(network.input.shape[1])
     images = np.random.default_rng(1).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
 
@@ -258,13 +255,13 @@ def serving_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: in
     return _rates(step, batch, 3, calls, rounds)
 
 
-def training_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: int) -> dict:
+def training_rate(network: keras.Model, batch: int, calls: int, rounds: int) -> dict:
     """Images/s of one optimizer step (Adam, per-pixel cross-entropy) on a batch of ``batch``.
 
     The encoder is frozen, as in the training benchmark; labels are random
-    classes, which cost the same arithmetic as real ones.
+    classes, which cost the same arithmetic as real ones. ``network``'s
+    weights change: time it last.
     """
-    network = build(model_dir, policy)
     network.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
@@ -278,7 +275,7 @@ def training_rate(model_dir: str, policy: str, batch: int, calls: int, rounds: i
     def step():
         loss = network.train_on_batch(images, labels)
         if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss is {loss} under {policy}")
+            raise FloatingPointError(f"training loss is {loss} under {network.dtype_policy.name}")
         return loss
 
     return _rates(step, batch, 3, calls, rounds)
@@ -341,8 +338,16 @@ def measure(args: argparse.Namespace) -> dict:
     path = os.path.join(args.out, RESULTS_FILE)
     result: dict = {"machine": machine, "model": shape, "checks": {}}
     result.update({"serving": {}, "one_image_a_call": {}, "training": {}})
-    for policy in dict.fromkeys(["float32", *args.policies]):
-        result["checks"][policy] = check_against_reference(args.model, policy)
+    # Each policy's network is built once; serving wraps it, and training,
+    # which changes its weights, comes last.
+    networks = {
+        policy: build(args.model, shape, policy)
+        for policy in dict.fromkeys(["float32", *args.policies])
+    }
+    with np.load(os.path.join(args.model, REFERENCE_FILE)) as reference:
+        images, expected = reference["images"], reference["logits"]
+    for policy, network in networks.items():
+        result["checks"][policy] = check_against_reference(network, images, expected)
         print(f"  check {policy}: {result['checks'][policy]}", flush=True)
         _save_json(path, result)
     check = result["checks"]["float32"]
@@ -352,21 +357,22 @@ def measure(args: argparse.Namespace) -> dict:
             f"{100 * check['mask_agreement']:.2f} % of pixels (finite: {check['finite']}); "
             "not timing it"
         )
+    servers = {policy: serving_network(network) for policy, network in networks.items()}
     for policy in args.policies:
         for batch in args.batch_sizes:
-            figures = serving_rate(args.model, policy, batch, args.calls, args.rounds)
+            figures = serving_rate(servers[policy], batch, args.calls, args.rounds)
             result["serving"].setdefault(policy, {})[str(batch)] = figures
             print(
                 f"  serving {policy} batch {batch}: {figures['images_per_second']:.0f} images/s",
                 flush=True,
             )
             _save_json(path, result)
-    figures = serving_rate(args.model, "float32", 1, args.calls, args.rounds)
+    figures = serving_rate(servers["float32"], 1, args.calls, args.rounds)
     result["one_image_a_call"] = figures
     print(f"  one image a call: {figures['images_per_second']:.1f} images/s", flush=True)
     _save_json(path, result)
     for policy in args.policies:
-        figures = training_rate(args.model, policy, args.train_batch, args.calls, args.rounds)
+        figures = training_rate(networks[policy], args.train_batch, args.calls, args.rounds)
         result["training"][policy] = {**figures, "batch": args.train_batch}
         print(f"  training {policy}: {figures['images_per_second']:.0f} images/s", flush=True)
         _save_json(path, result)
