@@ -17,6 +17,9 @@ from PIL import Image
 
 # The median Oxford-IIIT Pet image is 500 x 375.
 OXFORD_MEDIAN_SIZE = (500, 375)
+# make bench's segmentation model.
+BENCH_IMAGE_SIZE = 128
+BENCH_ALPHA = 1.0
 
 
 def median(values: list[float]) -> float:

@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -52,6 +51,9 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+# benchmarks.common imports petseg (and so TensorFlow) only inside its functions.
+from benchmarks.common import BENCH_ALPHA, BENCH_IMAGE_SIZE, export_bench_model, median
+
 SHAPE_FILE = "portable.json"
 WEIGHTS_FILE = "portable.weights.h5"
 REFERENCE_FILE = "reference.npz"
@@ -59,9 +61,6 @@ RESULTS_FILE = "gpu.json"
 # The training benchmark's batch; the job's default inference batch is 32.
 TRAIN_BATCH = 64
 REFERENCE_BATCH = 8
-# make bench's segmentation model.
-BENCH_IMAGE_SIZE = 128
-BENCH_ALPHA = 1.0
 # Relative error of the exported network against petseg's model on the same backend.
 EXPORT_TOLERANCE = 1e-4
 # The least share of mask pixels a backend's float32 network must give as
@@ -229,7 +228,7 @@ def _rates(step: Callable[[], object], items: int, warmup: int, calls: int, roun
         for _ in range(calls):
             step()
         rates.append(items * calls / (time.perf_counter() - started))
-    rate = float(statistics.median(rates))
+    rate = median(rates)
     return {
         "images_per_second": rate,
         "ms_per_call": 1000.0 * items / rate,
@@ -457,8 +456,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "export":
         if args.model is None:
-            from benchmarks.common import export_bench_model
-
             args.model = export_bench_model(args.workdir, BENCH_IMAGE_SIZE, BENCH_ALPHA)
         try:
             shape = export(args.model, args.out)

@@ -242,8 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repeats", type=int, default=3, help="rounds of every measurement (medians reported)"
     )
-    parser.add_argument("--image-size", type=int, default=128, help="segmentation model size")
-    parser.add_argument("--alpha", type=float, default=1.0, help="encoder width, both benchmarks")
+    parser.add_argument(
+        "--image-size", type=int, default=common.BENCH_IMAGE_SIZE, help="segmentation model size"
+    )
+    parser.add_argument(
+        "--alpha", type=float, default=common.BENCH_ALPHA, help="encoder width, both benchmarks"
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="inference batch size")
     parser.add_argument("--train-size", type=int, default=128, help="training image size")
     parser.add_argument("--warmup-steps", type=int, default=5)
