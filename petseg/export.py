@@ -3,7 +3,10 @@
 ``serving_default`` takes uint8 ``images [N, S, S, 3]`` (already resized to
 S) and returns float32 ``probabilities [N, S, S, C]`` and uint8 ``mask
 [N, S, S]``. Beam workers load it with ``tf.saved_model.load``; they never
-touch Keras.
+touch Keras. The SavedModel runs the network with its batch normalizations
+folded into their convolutions (:mod:`petseg.folding`), which makes it
+quicker for every worker to load; ``model.keras`` keeps the network as it
+trains.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import keras
 import tensorflow as tf
 
 import petseg
+from petseg.folding import fold_batch_norm
 
 METADATA_FILE = "petseg.json"
 KERAS_FILE = "model.keras"
@@ -58,8 +62,10 @@ def serving_signature(image_size: int) -> list[tf.TensorSpec]:
 
 def _serve_python(model: keras.Model, flip_tta: bool):
     # The body of ``serving_default``, before tracing.
+    network = fold_batch_norm(model)
+
     def probabilities_of(images):
-        logits = model(images, training=False)
+        logits = network(images, training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
 
     def serve(images):
@@ -78,6 +84,9 @@ def serving_function(
     model: keras.Model, image_size: int, flip_tta: bool = False
 ) -> tf.types.experimental.PolymorphicFunction:
     """The ``serving_default`` function of the contract, wrapping ``model``.
+
+    It runs what an export of ``model`` serves: ``model`` in inference mode,
+    batch normalizations folded.
 
     Args:
       model: the U-Net, taking ``[N, image_size, image_size, 3]``.
@@ -123,9 +132,12 @@ def export_model(
 ) -> str:
     """Writes the SavedModel, ``model.keras`` and ``petseg.json`` to ``export_dir``.
 
-    The export is assembled in a sibling temporary folder and renamed into
-    place, so ``export_dir`` is either the previous export or the new one,
-    never a half-written mix.
+    The SavedModel serves ``model`` with its batch normalizations folded
+    into their convolutions (fewer variables and a smaller graph to load,
+    the same answers up to float rounding); ``model.keras`` is ``model``
+    itself, to train on. The export is assembled in a sibling temporary
+    folder and renamed into place, so ``export_dir`` is either the previous
+    export or the new one, never a half-written mix.
 
     Args:
       model: a U-Net from :func:`petseg.model.build_unet`.
@@ -159,6 +171,7 @@ def export_model(
             "image_size": image_size,
             "num_classes": num_classes,
             "test_time_augmentation": ["horizontal_flip"] if flip_tta else [],
+            "batch_norm_folded": True,
             "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": package_versions(),
             **metadata,

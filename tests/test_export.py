@@ -110,10 +110,12 @@ def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
     assert info.metadata["test_time_augmentation"] == ["horizontal_flip"]
 
 
-def test_export_stores_each_weight_once_and_serves_through_the_saver_too(tmp_path):
+def test_export_stores_each_folded_weight_once_and_serves_through_the_saver_too(tmp_path):
     import tensorflow as tf
+    from tensorflow.core.protobuf import saved_model_pb2
 
     from petseg.export import export_model
+    from petseg.folding import fold_batch_norm
 
     keras.utils.set_random_seed(5)
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
@@ -123,7 +125,20 @@ def test_export_stores_each_weight_once_and_serves_through_the_saver_too(tmp_pat
     reader = tf.train.load_checkpoint(os.path.join(export_dir, "variables", "variables"))
     shapes = reader.get_variable_to_shape_map()
     stored = sum(int(np.prod(shape)) for name, shape in shapes.items() if "VARIABLE_VALUE" in name)
-    assert stored == model.count_params()
+    assert stored == fold_batch_norm(model).count_params() < model.count_params()
+    # The served graph computes no batch normalization; model.keras keeps them to train.
+    saved_model = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as file:
+        saved_model.ParseFromString(file.read())
+    ops = {
+        node.op
+        for f in saved_model.meta_graphs[0].graph_def.library.function
+        for node in f.node_def
+    }
+    assert "Conv2D" in ops and not any("BatchNorm" in op for op in ops)
+    assert read_model_info(export_dir).metadata["batch_norm_folded"] is True
+    reloaded = keras.saving.load_model(os.path.join(export_dir, "model.keras"))
+    assert len(reloaded.weights) == len(model.weights)
     serve, _ = load_serving_model(export_dir)
     images = np.random.default_rng(6).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     expected = keras.ops.softmax(model(images.astype(np.float32), training=False)).numpy()
