@@ -23,16 +23,18 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from petseg.layers import FusedBatchNormalization
+from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization
 
 # Batch normalizations folded when they read a convolution's output (not
 # subclasses, which may compute something else).
 FOLDABLE_BATCH_NORMS = (keras.layers.BatchNormalization, FusedBatchNormalization)
-# Convolutions whose output channels a per-channel scale can be folded into.
+# Convolutions whose output channels a per-channel scale can be folded into
+# (exact types, as for the batch normalizations).
 FOLDABLE_CONVOLUTIONS = (
     keras.layers.Conv2D,
     keras.layers.DepthwiseConv2D,
     keras.layers.Conv2DTranspose,
+    ConcatConv2DTranspose,
 )
 
 
@@ -47,40 +49,46 @@ def _tensor_ids(tensors) -> list[int]:
     return [id(tensor) for tensor in keras.tree.flatten(tensors)]
 
 
+def _foldable_convolution(layer) -> bool:
+    return (
+        type(layer) in FOLDABLE_CONVOLUTIONS
+        and layer.data_format == "channels_last"
+        and layer.activation is keras.activations.linear
+        # A LoRA-adapted kernel is the sum of three weights, not one to rescale.
+        and not getattr(layer, "lora_enabled", False)
+    )
+
+
 def _foldable_pairs(model: keras.Model) -> dict[str, keras.layers.BatchNormalization]:
     """Convolution name -> the batch normalization that alone reads its output."""
     readers: dict[int, int] = {}
     for tensor in _tensor_ids(model.outputs):
         readers[tensor] = readers.get(tensor, 0) + 1
-    producers = {}
+    producers, sources = {}, {}
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
             continue
         if len(layer._inbound_nodes) != 1:
             # A layer called more than once (or never): its tensors are ambiguous.
             return {}
-        for tensor in _tensor_ids(layer.input):
+        # The node's own tensors: a nested model's ``input`` and ``output``
+        # would give the tensors inside it, not the ones it reads here.
+        node = layer._inbound_nodes[0]
+        sources[layer.name] = _tensor_ids(node.input_tensors)
+        for tensor in sources[layer.name]:
             readers[tensor] = readers.get(tensor, 0) + 1
-        for tensor in _tensor_ids(layer.output):
+        for tensor in _tensor_ids(node.output_tensors):
             producers[tensor] = layer
     pairs = {}
     for layer in model.layers:
-        if type(layer) in FOLDABLE_BATCH_NORMS:
-            source = _tensor_ids(layer.input)
-            if (
-                len(source) != 1
-                or layer.renorm
-                or layer.axis not in (-1, len(layer.input.shape) - 1)
-            ):
-                continue
-            convolution = producers.get(source[0])
-            if (
-                isinstance(convolution, FOLDABLE_CONVOLUTIONS)
-                and readers.get(source[0]) == 1
-                and convolution.data_format == "channels_last"
-                and convolution.activation in (None, keras.activations.linear)
-            ):
-                pairs[convolution.name] = layer
+        if type(layer) not in FOLDABLE_BATCH_NORMS or layer.renorm:
+            continue
+        source = sources[layer.name]
+        if len(source) != 1 or layer.axis not in (-1, len(layer.input.shape) - 1):
+            continue
+        convolution = producers.get(source[0])
+        if _foldable_convolution(convolution) and readers[source[0]] == 1:
+            pairs[convolution.name] = layer
     return pairs
 
 
@@ -135,13 +143,16 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
         if isinstance(layer, keras.Model):
             return fold_batch_norm(layer)
         if layer.name in folded:
-            return FoldedBatchNormalization(name=layer.name)
+            # Its own precision policy, not the global one: a float32 model
+            # folded under mixed precision must stay float32 throughout.
+            return FoldedBatchNormalization(name=layer.name, dtype=layer.dtype_policy)
         config = layer.get_config()
         if layer.name in pairs:
             config["use_bias"] = True
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)
+    copy.trainable = model.trainable
     for layer in model.layers:
         if isinstance(layer, keras.Model) or layer.name in folded or not layer.weights:
             continue

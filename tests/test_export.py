@@ -132,8 +132,8 @@ def test_export_stores_each_folded_weight_once_and_serves_through_the_saver_too(
         saved_model.ParseFromString(file.read())
     ops = {
         node.op
-        for f in saved_model.meta_graphs[0].graph_def.library.function
-        for node in f.node_def
+        for function in saved_model.meta_graphs[0].graph_def.library.function
+        for node in function.node_def
     }
     assert "Conv2D" in ops and not any("BatchNorm" in op for op in ops)
     assert read_model_info(export_dir).metadata["batch_norm_folded"] is True

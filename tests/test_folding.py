@@ -86,3 +86,49 @@ def test_only_batch_norms_that_alone_read_a_linear_convolution_are_folded():
         rtol=1e-4,
         atol=1e-4,
     )
+
+
+def test_convolutions_read_elsewhere_keep_their_batch_norm():
+    inputs = keras.Input((8, 8, 3), name="pixels")
+    conv = keras.layers.Conv2D(4, 1, use_bias=False, name="conv_read_by_submodel")(inputs)
+    normalized = keras.layers.BatchNormalization(name="bn_beside_submodel")(conv)
+    inner_inputs = keras.Input((8, 8, 4))
+    inner = keras.Model(
+        inner_inputs, keras.layers.Conv2D(4, 1, name="inner_conv")(inner_inputs), name="inner"
+    )
+    x = keras.layers.Add(name="add")([normalized, inner(conv)])
+    output_conv = keras.layers.Conv2D(4, 1, use_bias=False, name="conv_also_an_output")(x)
+    output_norm = keras.layers.BatchNormalization(name="bn_of_an_output")(output_conv)
+    model = keras.Model(inputs, [output_norm, output_conv])
+    _randomize_batch_norms(model, np.random.default_rng(5))
+
+    folded = fold_batch_norm(model)
+
+    assert {
+        layer.name for layer in folded.layers if isinstance(layer, keras.layers.BatchNormalization)
+    } == {"bn_beside_submodel", "bn_of_an_output"}
+    images = np.random.default_rng(6).normal(0, 1, (2, 8, 8, 3)).astype(np.float32)
+    for served, expected in zip(folded(images), model(images, training=False), strict=True):
+        np.testing.assert_allclose(
+            keras.ops.convert_to_numpy(served), keras.ops.convert_to_numpy(expected), atol=1e-5
+        )
+
+
+def test_a_float32_model_folded_under_mixed_precision_stays_float32():
+    from petseg.distribute import precision_policy
+
+    keras.utils.set_random_seed(8)
+    model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
+    _randomize_batch_norms(model, np.random.default_rng(9))
+    with precision_policy("mixed_bfloat16"):
+        folded = fold_batch_norm(model)
+
+    computing = [
+        layer for layer in _layers(folded) if not isinstance(layer, keras.layers.InputLayer)
+    ]
+    assert {layer.dtype_policy.name for layer in computing} == {"float32"}
+    images = np.random.default_rng(10).integers(0, 256, (2, 32, 32, 3)).astype(np.float32)
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    served = keras.ops.convert_to_numpy(folded(images))
+    assert served.dtype == np.float32
+    assert np.abs(served - expected).max() <= 1e-5 * np.abs(expected).max()
