@@ -180,6 +180,7 @@ def build(model_dir: str, shape: dict, policy: str) -> keras.Model:
     its weights loaded from ``model_dir``."""
     from benchmarks.portable import portable_unet
 
+    # petseg.distribute.precision_policy does this, but it imports TensorFlow.
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(policy)
     try:

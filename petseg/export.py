@@ -227,6 +227,25 @@ def read_model_info(export_dir: str) -> ModelInfo:
     return ModelInfo(export_dir, image_size, class_names, model_id, document)
 
 
+def read_meta_graph(export_dir: str):
+    """The SavedModel's ``MetaGraphDef`` (signatures, graph, function library), read
+    from ``saved_model.pb`` alone, without loading any function.
+
+    Raises:
+      ExportError: the file cannot be read or parsed.
+    """
+    from apache_beam.io.filesystems import FileSystems
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        with FileSystems.open(FileSystems.join(export_dir, "saved_model.pb")) as file:
+            saved_model.ParseFromString(file.read())
+        return saved_model.meta_graphs[0]
+    except Exception as error:
+        raise ExportError(f"cannot read the SavedModel in {export_dir}: {error}") from None
+
+
 def check_export(export_dir: str) -> ModelInfo:
     """Checks an export's signature against ``petseg.json`` without loading the model.
 
@@ -237,17 +256,8 @@ def check_export(export_dir: str) -> ModelInfo:
     Raises:
       ExportError: the export is unusable or disagrees with its metadata.
     """
-    from apache_beam.io.filesystems import FileSystems
-    from tensorflow.core.protobuf import saved_model_pb2
-
     info = read_model_info(export_dir)
-    saved_model = saved_model_pb2.SavedModel()
-    try:
-        with FileSystems.open(FileSystems.join(export_dir, "saved_model.pb")) as file:
-            saved_model.ParseFromString(file.read())
-        signatures = saved_model.meta_graphs[0].signature_def
-    except Exception as error:
-        raise ExportError(f"cannot read the SavedModel in {export_dir}: {error}") from None
+    signatures = read_meta_graph(export_dir).signature_def
     if SIGNATURE not in signatures:
         raise ExportError(f"{export_dir} has no {SIGNATURE!r} signature")
     signature = signatures[SIGNATURE]

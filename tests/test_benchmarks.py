@@ -141,28 +141,24 @@ def test_gpu_benchmark_measuring_half_imports_tensorflow_only_for_its_backend():
 
     from benchmarks import gpu, portable
 
-    def imports(module):
-        for node in ast.walk(ast.parse(inspect.getsource(module))):
+    def imports(code) -> list[str]:
+        """The top-level package of every module a module or function imports."""
+        names = []
+        for node in ast.walk(ast.parse(inspect.getsource(code).lstrip())):
             if isinstance(node, ast.Import):
-                yield from (alias.name for alias in node.names)
+                names += [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                yield node.module
+                names.append(node.module)
+        return [name.split(".")[0] for name in names]
 
-    assert not [n for n in imports(portable) if n.split(".")[0] in ("petseg", "tensorflow")]
+    assert not {"petseg", "tensorflow"} & set(imports(portable))
     # petseg (which imports TensorFlow) only in export; TensorFlow itself only
     # to list the devices of Keras' TensorFlow backend.
     measuring = [gpu.measure, gpu.build, gpu.check_against_reference, gpu.serving_rate]
     measuring += [gpu.training_rate, gpu.read_shape, gpu.markdown]
     for function in measuring:
-        source = ast.parse(inspect.getsource(function).lstrip())
-        names = [
-            alias.name if isinstance(node, ast.Import) else node.module
-            for node in ast.walk(source)
-            if isinstance(node, (ast.Import, ast.ImportFrom))
-            for alias in node.names
-        ]
-        assert not [n for n in names if n.split(".")[0] in ("petseg", "tensorflow")], function
-    top_level = [n.split(".")[0] for n in imports(gpu)]
+        assert not {"petseg", "tensorflow"} & set(imports(function)), function
+    top_level = imports(gpu)
     assert top_level.count("tensorflow") == 1 and "petseg" in top_level
 
 

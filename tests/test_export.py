@@ -112,9 +112,8 @@ def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
 
 def test_export_stores_each_folded_weight_once_and_serves_through_the_saver_too(tmp_path):
     import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
 
-    from petseg.export import export_model
+    from petseg.export import export_model, read_meta_graph
     from petseg.folding import fold_batch_norm
 
     keras.utils.set_random_seed(5)
@@ -127,12 +126,9 @@ def test_export_stores_each_folded_weight_once_and_serves_through_the_saver_too(
     stored = sum(int(np.prod(shape)) for name, shape in shapes.items() if "VARIABLE_VALUE" in name)
     assert stored == fold_batch_norm(model).count_params() < model.count_params()
     # The served graph computes no batch normalization; model.keras keeps them to train.
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as file:
-        saved_model.ParseFromString(file.read())
     ops = {
         node.op
-        for function in saved_model.meta_graphs[0].graph_def.library.function
+        for function in read_meta_graph(export_dir).graph_def.library.function
         for node in function.node_def
     }
     assert "Conv2D" in ops and not any("BatchNorm" in op for op in ops)

@@ -180,12 +180,9 @@ def test_mixed_precision_trains_in_bfloat16_exports_float32_and_resets_the_polic
     )
     assert {layer.dtype_policy.name for layer in reloaded.layers} == {"float32"}
     # ... and so is the SavedModel's graph: no tensor in it is bfloat16.
-    from tensorflow.core.protobuf import saved_model_pb2
+    from petseg.export import read_meta_graph
 
-    saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(result.export_dir, "saved_model.pb"), "rb") as file:
-        saved_model.ParseFromString(file.read())
-    library = saved_model.meta_graphs[0].graph_def.library
+    library = read_meta_graph(result.export_dir).graph_def.library
     assert library.function
     assert "DT_BFLOAT16" not in str(library)
 
