@@ -35,6 +35,7 @@ from petseg.config import (  # noqa: E402
     TrainConfig,
     parse_class_weights,
 )
+from petseg.flags import StrictArgumentParser, unknown_message  # noqa: E402
 
 PROG = "train.py"
 # Read from the dataclass, not an instance: --help then answers without loading TensorFlow.
@@ -45,7 +46,7 @@ DEFAULTS = argparse.Namespace(
 
 def build_parser() -> argparse.ArgumentParser:
     """Every training flag, with the config's defaults."""
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(
         prog=PROG,
         description="Train the MobileNetV2 U-Net (MirroredStrategy over all visible GPUs) and "
         "export it to WORKDIR/export. 'train.py evaluate --help' scores an export.",
@@ -240,6 +241,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return evaluate_main(argv[1:], prog=f"{PROG} evaluate")
     parser = build_parser()
+    if argv and not argv[0].startswith("-"):
+        # Training takes no positional argument: a leading word is a mistyped command.
+        parser.error(unknown_message("command", argv[0], ["evaluate"]))
     args = parser.parse_args(argv)
     try:
         config = config_from_args(args)

@@ -7,16 +7,17 @@ petseg train ... / petseg evaluate ...           train.py and its evaluation
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from petseg.flags import StrictArgumentParser, unknown_message
+
 PROG = "petseg"
+COMMANDS = ("report", "segment", "train", "evaluate")
+HELP_FLAGS = ("-h", "--help")
 
 
 def _report(argv: list[str]) -> int:
-    from petseg.report import ReportError, build_report
-
-    parser = argparse.ArgumentParser(prog=f"{PROG} report", description="Write OUT/report.html.")
+    parser = StrictArgumentParser(prog=f"{PROG} report", description="Write OUT/report.html.")
     parser.add_argument("output", help="the segmentation job's --output folder")
     parser.add_argument("--workdir", help="a training workdir whose curves and panels to include")
     parser.add_argument("--samples", type=int, default=12, help="overlays in the sample grid")
@@ -25,6 +26,9 @@ def _report(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.samples < 0 or args.worst < 0:
         parser.error("--samples and --worst must not be negative")
+    # Imported once the flags are good: a typo is refused without loading Beam.
+    from petseg.report import ReportError, build_report
+
     try:
         path = build_report(
             args.output, args.workdir, args.samples, args.worst, show_progress=not args.no_progress
@@ -37,10 +41,23 @@ def _report(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``petseg`` console script: runs the command ``argv[0]`` names with the rest.
+
+    Returns:
+      The command's exit status; 2 for no command or an unknown one.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = ("report", "segment", "train", "evaluate")
-    if not argv or argv[0] not in commands:
+    if not argv:
         print(__doc__.strip(), file=sys.stderr)
+        return 2
+    if argv[0] in HELP_FLAGS:
+        print(__doc__.strip())
+        return 0
+    if argv[0] not in COMMANDS:
+        kind, candidates = (
+            ("flag", HELP_FLAGS) if argv[0].startswith("-") else ("command", COMMANDS)
+        )
+        print(f"{PROG}: error: {unknown_message(kind, argv[0], candidates)}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
     if command == "report":

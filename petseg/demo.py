@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from petseg.config import TrainConfig
 from petseg.data import oxford_examples, write_synthetic_files
+from petseg.flags import StrictArgumentParser
 
 PROG = "petseg-demo"
 

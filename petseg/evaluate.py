@@ -34,6 +34,7 @@ from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_
 from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_examples
 from petseg.data.paired import pair_folders, parse_value_map
 from petseg.export import ExportError, load_serving_model
+from petseg.flags import StrictArgumentParser
 from petseg.imageio import ImageDecodeError
 from petseg.metrics import confusion_matrix, format_metrics, metrics_from_confusion
 from petseg.postprocess import probabilities_to_mask
@@ -173,7 +174,7 @@ def evaluate_export(
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     """The ``evaluate`` command's flags."""
-    parser = argparse.ArgumentParser(
+    parser = StrictArgumentParser(
         prog=prog,
         description="Score an exported model at the original resolution of labelled images: "
         "pixel accuracy, IoU per class, mean IoU.",

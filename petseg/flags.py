@@ -1,0 +1,228 @@
+"""Command-line flags are checked: an unknown or abbreviated flag is refused, in one line.
+
+argparse accepts any unambiguous prefix of a flag (``--overlay`` for
+``--overlays``) and answers a mistake with a usage block; Beam's
+``PipelineOptions`` drops flags it does not know with a log warning, so a typo
+such as ``--max-batch-szie 4`` runs a job with the default. Here every command
+refuses both with exit status 2 and one line, e.g.::
+
+    train.py: error: unknown flag --epoch (did you mean --epochs?)
+
+Beam is imported only inside :func:`beam_option_flags`: training's ``--help``
+must answer without loading it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import functools
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
+
+# What argparse itself takes for a negative number rather than a flag.
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+# A flag's name as the commands spell them; other dashed words are left to argparse,
+# which has the better message for, e.g., "--class-weights -1,2" (a missing value).
+_FLAG_NAME = re.compile(r"^--?[A-Za-z][\w.-]*$")
+
+
+class UnknownFlagError(ValueError):
+    """A flag that neither the command nor Beam knows; the message names it."""
+
+
+def closest_match(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` abbreviates, else the nearest by difflib (ratio 0.6 or more).
+
+    Returns:
+      A candidate, or ``None`` when none is close.
+    """
+    candidates = sorted(set(candidates))
+    # The flag argparse would have expanded an abbreviation to, however short
+    # ("--max" for "--max-batch-size" is too short for difflib's ratio).
+    extensions = [candidate for candidate in candidates if candidate.startswith(name)]
+    if len(extensions) == 1:
+        return extensions[0]
+    matches = difflib.get_close_matches(name, candidates, n=1)
+    return matches[0] if matches else None
+
+
+def unknown_message(kind: str, name: str, candidates: Iterable[str]) -> str:
+    """``unknown KIND NAME``, with ``(did you mean X?)`` where a close match exists.
+
+    Args:
+      kind: what ``name`` was meant to be, e.g. ``"flag"`` or ``"command"``.
+      name: what the user typed.
+      candidates: the names that would have been accepted.
+    """
+    match = closest_match(name, candidates)
+    hint = f" (did you mean {match}?)" if match else ""
+    return f"unknown {kind} {name}{hint}"
+
+
+def _looks_like_flag(arg: str) -> bool:
+    """Whether argparse would read ``arg`` as a flag rather than a value (``-1`` is a value)."""
+    return arg.startswith("-") and len(arg) > 1 and not _NEGATIVE_NUMBER.match(arg)
+
+
+class StrictArgumentParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` that takes flags only as spelled and errs in one line.
+
+    ``allow_abbrev`` is always off. :meth:`parse_args` refuses the first unknown
+    flag by name, suggesting the closest of the parser's own flags;
+    :meth:`parse_known_args` still returns unknown arguments, so a caller can
+    pass them on (and check them itself).
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        if kwargs.get("allow_abbrev", False):
+            raise ValueError(f"allow_abbrev={kwargs['allow_abbrev']!r}: abbreviations are refused")
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but the first unknown flag is named, with its closest match."""
+        args = list(sys.argv[1:] if args is None else args)
+        # Checked before parsing: argparse reports a missing required flag first,
+        # and "--model is required" hides that it was typed as --modle.
+        unknown = self._first_unknown_flag(args)
+        if unknown:
+            self.error(unknown_message("flag", unknown, _parser_flags(self)))
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            flags = [arg for arg in extras if _looks_like_flag(arg)]
+            if flags:
+                name = flags[0].split("=", 1)[0]
+                self.error(unknown_message("flag", name, _parser_flags(self)))
+            self.error(f"unexpected argument {extras[0]}")
+        return parsed
+
+    def _first_unknown_flag(self, args: Sequence[str]) -> str | None:
+        """The first argument argparse would take for a flag that no parser here defines."""
+        known = set(_parser_flags(self))
+        for arg in args:
+            if arg == "--":  # the rest are positional arguments
+                return None
+            name = arg.split("=", 1)[0]
+            # A short flag may carry its value: -n5.
+            if _FLAG_NAME.match(name) and name not in known and arg[:2] not in known:
+                return name
+        return None
+
+    def error(self, message: str) -> NoReturn:
+        """Prints ``PROG: error: MESSAGE`` as one line on stderr and exits with status 2."""
+        # No usage block: the one line names the mistake, and --help has the rest.
+        line = " ".join(part.strip() for part in message.strip().splitlines())
+        self.exit(2, f"{self.prog}: error: {line}\n")
+
+
+def _parser_flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every flag ``parser`` and its subcommands' parsers accept."""
+    # A subcommand's unknown flags reach the top parser's parse_args, so its flags count there.
+    flags = []
+    for action in parser._actions:
+        flags.extend(action.option_strings)
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                flags.extend(_parser_flags(subparser))
+    return flags
+
+
+def _option_classes(base: type) -> list[type]:
+    """``base``'s subclasses, recursively, one per name as Beam keeps them."""
+    found: dict[str, type] = {}
+    pending = list(base.__subclasses__())
+    while pending:
+        cls = pending.pop(0)
+        # A main session can define a class twice; Beam keeps the first of each name.
+        found.setdefault(str(cls), cls)
+        pending.extend(cls.__subclasses__())
+    return list(found.values())
+
+
+@functools.cache
+def _flags_of(classes: tuple[type, ...]) -> frozenset[str]:
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    flags: set[str] = set()
+    for cls in classes:
+        # A subclass without its own _add_argparse_args would add its parent's again.
+        if "_add_argparse_args" not in cls.__dict__:
+            continue
+        # One throwaway parser per class, so two classes that share a flag do
+        # not conflict; Beam's parser is needed for add_value_provider_argument.
+        parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+        cls._add_argparse_args(parser)
+        flags.update(s for action in parser._actions for s in action.option_strings)
+    return frozenset(flags)
+
+
+def beam_option_flags() -> frozenset[str]:
+    """Every flag that Beam's ``PipelineOptions`` knows, e.g. ``--runner`` and ``--experiment``.
+
+    Gathered as ``PipelineOptions.get_all_options`` does, from the
+    ``_add_argparse_args`` of every ``PipelineOptions`` subclass (here also
+    subclasses of subclasses, which a ``view_as`` parses); every spelling of a
+    flag counts (``--experiments`` and ``--experiment`` share one ``dest``).
+    """
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    # Cached per set of classes: importing a runner or an options module
+    # registers more, and their flags must count from then on.
+    return _flags_of(tuple(_option_classes(PipelineOptions)))
+
+
+# Runners whose job service adds options of its own at submission (Flink's
+# --checkpointing_interval, say): Beam's PortableRunner asks the service for them.
+JOB_SERVICE_RUNNERS = frozenset(
+    {"PortableRunner", "FlinkRunner", "SparkRunner", "SamzaRunner", "PrismRunner"}
+)
+# How a job service names its options; the job's own flags use dashes.
+_SERVICE_OPTION = re.compile(r"^--[a-z][a-z0-9_]*$")
+
+
+def _runner(args: Sequence[str]) -> str | None:
+    for index, arg in enumerate(args):
+        if arg.startswith("--runner="):
+            return arg.split("=", 1)[1]
+        if arg == "--runner" and index + 1 < len(args):
+            return args[index + 1]
+    return None
+
+
+def check_beam_args(args: Sequence[str], own_flags: Iterable[str]) -> None:
+    """Refuses the first flag in ``args`` that neither Beam nor the job knows.
+
+    ``--name`` and ``--name=value`` count as flags, and so does ``-name``,
+    which Beam drops as a single-dash flag; values such as ``DirectRunner`` or
+    ``-1`` after a flag pass. Flags must be spelled in full: Beam parses with
+    ``allow_abbrev=False`` and drops a prefix such as ``--direct_num_work``
+    silently, so it is refused here.
+
+    With a runner that submits to a job service (``--runner FlinkRunner``,
+    ``PortableRunner``...), a ``--snake_case`` flag that is close to no flag
+    here is let through: the service may define it, and Beam asks it at
+    submission.
+
+    Args:
+      args: the job's arguments (its own flags and Beam's).
+      own_flags: the job's flags as spelled, e.g. ``["--max-batch-size"]``;
+        they are accepted, and suggested for a near miss.
+
+    Raises:
+      UnknownFlagError: ``unknown flag --max-batch-szie (did you mean --max-batch-size?)``.
+    """
+    beam_flags = beam_option_flags()
+    own = frozenset(own_flags)
+    service_options = _runner(args) in JOB_SERVICE_RUNNERS
+    for arg in args:
+        name = arg.split("=", 1)[0]
+        if not _FLAG_NAME.match(name) or name in beam_flags or name in own:
+            continue
+        match = closest_match(name, own | beam_flags)
+        if service_options and _SERVICE_OPTION.match(name) and match is None:
+            continue
+        hint = f" (did you mean {match}?)" if match else ""
+        raise UnknownFlagError(f"unknown flag {name}{hint}")
