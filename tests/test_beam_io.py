@@ -152,7 +152,9 @@ def test_assign_mask_paths_reports_collisions_and_unsafe_paths():
         SourceImage("gs://b/x/../../evil.jpg", "x/../../evil.jpg"),
     ]
     with test_pipeline.TestPipeline() as pipeline:
-        assigned, errors = pipeline | beam.Create(sources) | AssignMaskPaths()
+        assigned, errors, committed, stale = pipeline | beam.Create(sources) | AssignMaskPaths()
+        assert_that(committed, equal_to([]), label="CheckNoneCommitted")
+        assert_that(stale, equal_to([]), label="CheckNoneStale")
         assert_that(
             assigned,
             equal_to(
@@ -177,7 +179,7 @@ def test_assign_mask_paths_reports_collisions_and_unsafe_paths():
 
 def test_collision_loser_message_names_the_winner():
     with test_pipeline.TestPipeline() as pipeline:
-        _, errors = (
+        _, errors, _, _ = (
             pipeline
             | beam.Create([SourceImage("/in/a.png", "a.png"), SourceImage("/in/a.jpg", "a.jpg")])
             | AssignMaskPaths()

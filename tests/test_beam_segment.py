@@ -182,8 +182,23 @@ def test_segment_images_runs_from_python(tree, model_dir, tmp_path):
 
 
 def test_main_returns_zero_and_prints_a_result_line(tree, model_dir, tmp_path, capsys):
-    assert segment_job.main(_argv(tree, model_dir, tmp_path / "out")) == 0
-    assert "masks written" in capsys.readouterr().err
+    # The tree's bad files and collision loser are 4 of 11 inputs.
+    argv = _argv(tree, model_dir, tmp_path / "out", "--max-failed-fraction", "0.4")
+    assert segment_job.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "11 matched, 7 masks written (0 reused), 4 failed" in err and "error" not in err
+
+
+def test_main_exits_3_when_more_inputs_fail_than_allowed(tree, model_dir, tmp_path, capsys):
+    output = tmp_path / "out"
+    assert segment_job.main(_argv(tree, model_dir, output)) == 3
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1] == (
+        "petseg-segment: error: 4 of 11 inputs failed (36.36%), more than "
+        f"--max-failed-fraction 0.0 allows; their reasons are in {output}/errors/"
+    )
+    # Every output is still written and consistent.
+    assert json.loads((output / "summary.json").read_text())["reconciliation"]["ok"]
 
 
 def test_main_fails_when_the_files_do_not_reconcile(tree, model_dir, tmp_path, capsys, monkeypatch):
@@ -191,6 +206,8 @@ def test_main_fails_when_the_files_do_not_reconcile(tree, model_dir, tmp_path, c
         return {
             "matched": 3,
             "masks_written": 1,
+            "masks_reused": 0,
+            "masks_pruned": 0,
             "failed": 1,
             "wall_time_s": 1.0,
             "images_per_second": 3.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 
@@ -15,13 +16,16 @@ from apache_beam.testing.util import assert_that, equal_to
 from PIL import Image
 
 from petseg.beam.decode import DecodeImages
+from petseg.beam.faults import WRITE_RETRIES, EnvironmentFault
 from petseg.beam.inference import InferProbabilities
 from petseg.beam.postprocess import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
+    MaskProvenance,
     WriteJsonLines,
     WriteMasks,
+    decode_mask,
     encode_mask,
     shard_name,
     write_atomically,
@@ -40,7 +44,7 @@ class _FakeModel:
 class BrightnessHandler(ModelHandler[np.ndarray, PredictionResult, _FakeModel]):
     """Pet where the red channel is bright, background where it is dark; border never.
 
-    Refuses all-black images, to exercise RunInference's dead letter.
+    Fails on an all-black image, as a model on a broken device would.
     """
 
     def __init__(self):
@@ -132,19 +136,12 @@ def _keyed_input(name, pixels, height=8, width=12):
     return ImageKey(source, height, width), pixels
 
 
-def test_infer_probabilities_keeps_keys_and_dead_letters_failed_batches():
+def test_infer_probabilities_keeps_keys():
     bright = np.full((SIZE, SIZE, 3), 200, np.uint8)
     dark = np.full((SIZE, SIZE, 3), 10, np.uint8)
-    black = np.zeros((SIZE, SIZE, 3), np.uint8)
-    elements = [
-        _keyed_input("bright", bright),
-        _keyed_input("dark", dark),
-        _keyed_input("black", black),
-    ]
+    elements = [_keyed_input("bright", bright), _keyed_input("dark", dark)]
     with test_pipeline.TestPipeline() as pipeline:
-        predictions, errors = (
-            pipeline | beam.Create(elements) | InferProbabilities(BrightnessHandler())
-        )
+        predictions = pipeline | beam.Create(elements) | InferProbabilities(BrightnessHandler())
         assert_that(
             predictions
             | beam.Map(
@@ -155,13 +152,20 @@ def test_infer_probabilities_keeps_keys_and_dead_letters_failed_batches():
                 )
             ),
             equal_to([("bright", (SIZE, SIZE, 3), 0), ("dark", (SIZE, SIZE, 3), 1)]),
-            label="CheckPredictions",
         )
-        assert_that(
-            errors | beam.Map(lambda error: (error.path, error.stage, error.error_type)),
-            equal_to([("/in/black", "infer", "ValueError")]),
-            label="CheckErrors",
-        )
+
+
+def test_a_failing_batch_fails_the_bundle_instead_of_its_images():
+    # Every image reaching the model is a valid array: a failing batch is the
+    # environment's fault, for the runner to retry, not the images'.
+    black = np.zeros((SIZE, SIZE, 3), np.uint8)
+    with pytest.raises(Exception, match="black image"):
+        with test_pipeline.TestPipeline() as pipeline:
+            _ = (
+                pipeline
+                | beam.Create([_keyed_input("black", black)])
+                | InferProbabilities(BrightnessHandler())
+            )
 
 
 def test_postprocess_upsamples_to_the_original_size():
@@ -216,35 +220,54 @@ def test_write_masks_writes_palette_pngs_and_overlays(tmp_path):
     mask = (np.arange(6 * 9).reshape(6, 9) % 3).astype(np.uint8)
     original = gradient(9, 6)
     output = str(tmp_path / "out")
-    blocked = tmp_path / "blocked"
-    blocked.write_text("a file where the output folder should be")
     with test_pipeline.TestPipeline() as pipeline:
         written, errors = (
             pipeline
             | "CreateGood" >> beam.Create([_segmentation("masks/a/b.png", mask, original)])
-            | "WriteGood" >> WriteMasks(output, overlays=True)
-        )
-        _, bad_errors = (
-            pipeline
-            | "CreateBad" >> beam.Create([_segmentation("masks/c.png", mask)])
-            | "WriteBad" >> WriteMasks(str(blocked))
+            | "WriteGood" >> WriteMasks(output, model_id="m1", batch_size=4, overlays=True)
         )
         assert_that(
             written | beam.Map(lambda s: s.key.source.path), equal_to(["/in/masks/a/b.png"])
         )
         assert_that(errors, equal_to([]), label="CheckNoErrors")
-        assert_that(
-            bad_errors | beam.Map(lambda error: (error.path, error.stage)),
-            equal_to([("/in/masks/c.png", "write")]),
-            label="CheckWriteError",
-        )
     image = Image.open(tmp_path / "out/masks/a/b.png")
     assert image.mode == "P" and image.size == (9, 6)
     np.testing.assert_array_equal(np.asarray(image), mask)
     assert image.getpalette()[:9] == [channel for colour in CLASS_COLOURS for channel in colour]
+    _, provenance = decode_mask((tmp_path / "out/masks/a/b.png").read_bytes())
+    assert provenance == MaskProvenance("masks/a/b.png", 0, "m1", 4, 0.5)
     overlay = Image.open(tmp_path / "out/overlays/a/b.jpg")
     assert overlay.format == "JPEG" and overlay.size == (9, 6)
     assert sorted(p.name for p in (tmp_path / "out/masks/a").iterdir()) == ["b.png"]
+
+
+def test_an_unwritable_output_fails_the_job_not_the_image(tmp_path, monkeypatch):
+    monkeypatch.setattr("petseg.beam.faults.WRITE_RETRY_DELAY_S", 0.01)
+    mask = np.zeros((4, 4), np.uint8)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the output folder should be")
+    with pytest.raises(Exception, match="petseg environment fault: cannot write .*blocked"):
+        with test_pipeline.TestPipeline() as pipeline:
+            _ = (
+                pipeline
+                | beam.Create([_segmentation("masks/c.png", mask)])
+                | WriteMasks(str(blocked))
+            )
+    assert blocked.read_text() == "a file where the output folder should be"
+
+
+def test_a_mask_name_too_long_for_the_filesystem_is_the_images_error(tmp_path):
+    mask = np.zeros((4, 4), np.uint8)
+    name = "masks/" + "n" * 300 + ".png"
+    with test_pipeline.TestPipeline() as pipeline:
+        written, errors = (
+            pipeline | beam.Create([_segmentation(name, mask)]) | WriteMasks(str(tmp_path))
+        )
+        assert_that(written, equal_to([]), label="CheckNothingWritten")
+        assert_that(
+            errors | beam.Map(lambda error: (error.stage, error.error_type)),
+            equal_to([("write", "OSError")]),
+        )
 
 
 def test_encode_mask_is_deterministic():
@@ -264,19 +287,40 @@ def test_encode_mask_packs_runs_smaller_than_zlibs_default_strategy():
 
 
 def test_write_atomically_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("petseg.beam.faults.WRITE_RETRY_DELAY_S", 0.01)
     target = str(tmp_path / "deep/x.png")
     write_atomically(target, b"first")
     assert (tmp_path / "deep/x.png").read_bytes() == b"first"
+    attempts = []
 
     def refuse(sources, destinations):
+        attempts.append(sources[0])
         raise OSError("rename refused")
 
     monkeypatch.setattr(FileSystems, "rename", refuse)
-    with pytest.raises(OSError, match="rename refused"):
+    with pytest.raises(EnvironmentFault, match="cannot write .*x.png: OSError: rename refused"):
         write_atomically(target, b"second")
-    # The old file is intact and the temporary is gone.
+    # Tried once and retried, each time under a new temporary name.
+    assert len(attempts) == 1 + WRITE_RETRIES and len(set(attempts)) == len(attempts)
+    # The old file is intact and the temporaries are gone.
     assert (tmp_path / "deep/x.png").read_bytes() == b"first"
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["x.png"]
+
+
+def test_write_atomically_survives_a_transient_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr("petseg.beam.faults.WRITE_RETRY_DELAY_S", 0.01)
+    rename = FileSystems.rename
+    failures = [OSError(errno.EIO, "I/O error")]
+
+    def flaky(sources, destinations):
+        if failures:
+            raise failures.pop()
+        return rename(sources, destinations)
+
+    monkeypatch.setattr(FileSystems, "rename", flaky)
+    write_atomically(str(tmp_path / "x.png"), b"data")
+    assert not failures and (tmp_path / "x.png").read_bytes() == b"data"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.png"]
 
 
 def test_write_json_lines_writes_every_shard_sorted(tmp_path):

@@ -14,6 +14,7 @@ import shutil
 import pytest
 
 from beam_jobs import segment as segment_job
+from petseg.beam.faults import EnvironmentFault
 from petseg.beam.inference import SavedModelHandler
 from petseg.export import ExportError, load_serving_model
 from tests.beam_helpers import MODEL_SIZE
@@ -59,8 +60,8 @@ def test_model_mismatch_is_detected_at_load_time(kind, model_dir, tmp_path):
     edited = _edited_model(model_dir, tmp_path / "model", changes)
     with pytest.raises(ExportError, match=message):
         load_serving_model(str(edited))
-    # Workers load through the same function.
-    with pytest.raises(ExportError, match=message):
+    # Workers load through the same function; there it fails the job, not the images.
+    with pytest.raises(EnvironmentFault, match=f"cannot load the model .*{message}"):
         SavedModelHandler(str(edited)).load_model()
 
 

@@ -5,7 +5,8 @@ present decodes fully and is byte-identical to an uninterrupted run's, and
 the temporary files a write leaves behind (``.NAME.tmp-HEX`` beside the
 mask) do not look like masks. The rerun must then complete with masks,
 statistics and errors byte-identical to an uninterrupted run into a fresh
-folder, and the same summary apart from its timing fields.
+folder, and the same summary apart from its timing and reuse fields, having
+inferred only the images whose masks the killed run had not committed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ BAD_FILES = {"bad/empty.jpg": b"", "bad/text.png": b"not an image\n"}
 BATCH = 4
 # Kill once this share of the masks exists: the first mask, then further in.
 KILL_POINTS = {"first-mask": 0.0, "a-third": 0.33, "two-thirds": 0.66}
-TIMING_FIELDS = ("wall_time_s", "images_per_second")
+# How a run went, not what it wrote: these alone may differ from an uninterrupted run's summary.
+TIMING_FIELDS = ("wall_time_s", "images_per_second", "masks_reused", "masks_pruned")
 TEMPORARY = re.compile(r"^\..+" + re.escape(TEMP_MARKER) + r"[0-9a-f]{32}$")
 
 
@@ -82,21 +84,22 @@ def reference(inputs, model_dir, tmp_path_factory):
     return output
 
 
-def _start_and_kill(inputs, model_dir, output, share: float) -> int:
+def _start_and_kill(inputs, model_dir, output, share: float, argv=None, images=IMAGES) -> int:
     """Starts the job in a subprocess and SIGKILLs it once ``share`` of the masks exist.
 
     Returns the number of final masks present when it was killed.
     """
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    argv = argv or _argv(inputs, model_dir, output)
     process = subprocess.Popen(
-        [sys.executable, "-m", "beam_jobs.segment", *_argv(inputs, model_dir, output)],
+        [sys.executable, "-m", "beam_jobs.segment", *argv],
         cwd=REPO,
         env=environment,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    threshold = max(1, int(share * IMAGES))
+    threshold = max(1, int(share * images))
     deadline = time.monotonic() + 240
     try:
         while time.monotonic() < deadline:
@@ -141,5 +144,47 @@ def test_killed_run_leaves_no_partial_output_and_rerun_completes(
 
     summary = segment_job.run(_argv(inputs, model_dir, output))
     assert summary["reconciliation"]["ok"] and summary["masks_written"] == IMAGES
+    # Every mask the killed run committed is reused, not inferred again.
+    assert summary["masks_reused"] >= present
     assert _without_temporaries(snapshot(output)) == expected
+    assert _summary_without_timing(output) == _summary_without_timing(reference)
+
+
+# A few thousand small images, killed at half: the rerun must infer only the rest.
+MANY_IMAGES = 2000
+MANY_BATCH = 16
+
+
+@pytest.mark.slow
+def test_a_rerun_after_a_kill_at_half_infers_only_the_rest(model_dir, tmp_path):
+    inputs = tmp_path / "in"
+    card = gradient(48, 36).astype(int)
+    for index in range(MANY_IMAGES):
+        path = inputs / f"batch{index % 20:02d}" / f"pet{index:05d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(jpeg(((card + 3 * index) % 256).astype("uint8")))
+
+    def argv(output):
+        return job_argv(inputs, model_dir, output, batch_size=MANY_BATCH)
+
+    reference = tmp_path / "reference"
+    started = time.monotonic()
+    segment_job.run(argv(reference))
+    full_run_s = time.monotonic() - started
+
+    output = tmp_path / "out"
+    present = _start_and_kill(inputs, model_dir, output, 0.5, argv(output), MANY_IMAGES)
+    started = time.monotonic()
+    summary = segment_job.run(argv(output))
+    rerun_s = time.monotonic() - started
+
+    inferred = summary["masks_written"] - summary["masks_reused"]
+    print(
+        f"{MANY_IMAGES} images: full run {full_run_s:.1f} s; killed with {present} masks; "
+        f"rerun {rerun_s:.1f} s, {summary['masks_reused']} reused, {inferred} inferred"
+    )
+    assert summary["masks_written"] == MANY_IMAGES and summary["reconciliation"]["ok"]
+    assert summary["masks_reused"] >= present
+    assert inferred <= MANY_IMAGES - present and inferred <= 0.55 * MANY_IMAGES
+    assert _without_temporaries(snapshot(output)) == _without_temporaries(snapshot(reference))
     assert _summary_without_timing(output) == _summary_without_timing(reference)

@@ -3,7 +3,10 @@
 Every file goes through :func:`petseg.imageio.decode_resized`, the decoder
 training uses, so the model sees pixels prepared exactly as it was trained.
 Nothing a file holds can fail a bundle: each failure becomes an
-:class:`~petseg.beam.records.ErrorRecord` on the ``errors`` output.
+:class:`~petseg.beam.records.ErrorRecord` on the ``errors`` output. A read
+that fails for a reason of the storage rather than the file (an I/O error,
+a remote 5xx) is not the file's fault: it is raised as an
+:class:`~petseg.beam.faults.EnvironmentFault`, for the runner to retry.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
+from petseg.beam.faults import environment_fault, is_input_read_fault
 from petseg.beam.io import ERRORS_TAG, error_output
 from petseg.beam.records import COUNTER_NAMESPACE, ImageKey, SourceImage
 from petseg.beam.threaded import ThreadedDoFn
@@ -80,8 +84,12 @@ class DecodeImageFn(ThreadedDoFn):
                     f"file is {source.size_bytes} bytes, over the limit of {self._max_bytes}"
                 )
             data = read_file(source.path, self._max_bytes)
-        except Exception as error:  # Any filesystem failure is this file's error.
+        except FileTooLargeError as error:
             return [error_output(source.path, "read", error)]
+        except Exception as error:
+            if is_input_read_fault(error):  # Gone, unreadable, a folder, a link loop.
+                return [error_output(source.path, "read", error)]
+            raise environment_fault(f"cannot read input {source.path}", error) from error
         try:
             pixels, (height, width) = decode_resized(data, self._image_size, self._max_pixels)
             # Overlays need the full-size picture, a second decode; the model's

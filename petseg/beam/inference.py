@@ -7,6 +7,11 @@ the project brings its own :class:`SavedModelHandler`. It loads the
 :func:`petseg.export.load_serving_model`); RunInference keeps one loaded
 model per worker process in Beam's shared handle, and every thread of that
 process uses it (a concrete function is safe to call from many threads).
+
+Nothing is dead-lettered here: every image reaching the model is already a
+valid ``uint8 [S, S, 3]`` array, so a failing batch (a model that cannot be
+loaded, a device out of memory) is the environment's fault. It fails the
+bundle, the runner retries it, and if it persists the job fails.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from apache_beam.ml.inference.base import (
     RunInference,
 )
 
-from petseg.beam.records import ErrorRecord, ImageKey
+from petseg.beam.faults import environment_fault
 
 METRICS_NAMESPACE = "petseg_inference"
 
@@ -84,10 +89,17 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         self._fixed_batch_size = fixed_batch_size or max_batch_size
 
     def load_model(self) -> ServingModel:
-        """Loads the SavedModel once per worker process (RunInference's shared handle)."""
+        """Loads the SavedModel once per worker process (RunInference's shared handle).
+
+        Raises:
+          EnvironmentFault: the model cannot be loaded on this worker.
+        """
         from petseg.export import load_serving_model
 
-        function, info = load_serving_model(self._export_dir)
+        try:
+            function, info = load_serving_model(self._export_dir)
+        except Exception as error:
+            raise environment_fault(f"cannot load the model {self._export_dir}", error) from error
         return ServingModel(function, info.model_id, info.image_size)
 
     def run_inference(
@@ -126,25 +138,17 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         return dict(self._batching_kwargs)
 
 
-def _inference_errors(
-    failure: tuple[Sequence[tuple[ImageKey, Any]], tuple],
-) -> Iterator[ErrorRecord]:
-    # RunInference's dead letter holds a whole failed batch: every image in it failed.
-    batch, (error_type, error_repr, _) = failure
-    for key, _example in batch:
-        yield ErrorRecord(key.source.path, "infer", error_type.__name__, error_repr)
-
-
 class InferProbabilities(beam.PTransform):
     """``(ImageKey, uint8 [S, S, 3])`` -> ``(ImageKey, PredictionResult)`` via RunInference.
 
     Wraps any unkeyed handler of image arrays in Beam's ``KeyedModelHandler``
-    so each result keeps its key, and turns failed batches into errors.
+    so each result keeps its key. A failed batch fails its bundle (see the
+    module docstring).
 
     Args:
       model_handler: an unkeyed handler, e.g. :class:`SavedModelHandler`.
 
-    Returns a pair ``(keyed predictions, errors)``.
+    Returns the keyed predictions.
     """
 
     def __init__(self, model_handler: ModelHandler):
@@ -152,12 +156,4 @@ class InferProbabilities(beam.PTransform):
         self._model_handler = model_handler
 
     def expand(self, inputs):
-        predictions, failures = (
-            inputs
-            | "RunInference"
-            >> RunInference(KeyedModelHandler(self._model_handler)).with_exception_handling()
-        )
-        errors = failures.failed_inferences | "ReportFailedBatches" >> beam.FlatMap(
-            _inference_errors
-        )
-        return predictions, errors
+        return inputs | "RunInference" >> RunInference(KeyedModelHandler(self._model_handler))

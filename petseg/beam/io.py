@@ -46,9 +46,17 @@ from petseg.beam.records import ErrorRecord, SourceImage
 from petseg.imageio import IMAGE_EXTENSIONS
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS
+# OUT's layout (ARCHITECTURE.md, contracts 4-8).
 MASKS_DIR = "masks"
 OVERLAYS_DIR = "overlays"
+STATS_DIR = "stats"
+ERRORS_DIR = "errors"
+SUMMARY_FILE = "summary.json"
+RUN_RECORD_FILE = "petseg-run.json"
+REPORT_FILE = "report.html"
 ERRORS_TAG = "errors"
+COMMITTED_TAG = "committed"
+STALE_TAG = "stale"
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -179,8 +187,10 @@ def overlay_relative_path(mask_path: str) -> str:
 _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
 
 
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+def inside(path: str, folder: str, separator: str = "/") -> bool:
+    """Whether ``path`` is ``folder`` or lies below it (plain string rule, no resolving)."""
+    path, folder = path.rstrip(separator), folder.rstrip(separator)
+    return path == folder or path.startswith(folder + separator)
 
 
 def inspect_local_file(path: str, root: str, check_link: bool = True) -> tuple[int, str]:
@@ -204,7 +214,7 @@ def inspect_local_file(path: str, root: str, check_link: bool = True) -> tuple[i
         return 0, f"not a regular file ({kind}); refusing to read it"
     if check_link and os.path.islink(path):
         target = os.path.realpath(path)
-        if not _inside(target, os.path.realpath(root)):
+        if not inside(target, os.path.realpath(root), os.sep):
             return 0, (
                 f"symbolic link leads outside the input folder {root} (to {target}); not followed"
             )
@@ -331,16 +341,30 @@ class _KeyByMaskPathFn(beam.DoFn):
 
 
 class _ResolveCollisionsFn(beam.DoFn):
-    def process(self, element: tuple[str, Iterable[SourceImage | str]]) -> Iterator[SourceImage]:
+    """One mask path's claims -> its winning source, errors, and what OUT already holds there.
+
+    A winner whose mask OUT already holds goes to ``committed`` as
+    ``(source, mask file)``, to be checked and reused; files under OUT that no
+    source wins (stale masks, their overlays, a killed run's temporaries) go
+    to ``stale``.
+    """
+
+    def process(
+        self, element: tuple[str, Iterable[SourceImage | str | OutputFile]]
+    ) -> Iterator[SourceImage]:
         mask_path, claims = element
         claims = list(claims)
         ordered = sorted(
             (claim for claim in claims if isinstance(claim, SourceImage)),
             key=lambda source: source.path,
         )
+        present = [claim for claim in claims if isinstance(claim, OutputFile)]
+        folder_of = sorted(claim for claim in claims if isinstance(claim, str))
+        if not ordered or folder_of:
+            for output_file in present:
+                yield beam.pvalue.TaggedOutput(STALE_TAG, output_file)
         if not ordered:
             return
-        folder_of = sorted(claim for claim in claims if isinstance(claim, str))
         if folder_of:
             # The folder holds other inputs' masks; the one file cannot take its name.
             for loser in ordered:
@@ -352,7 +376,12 @@ class _ResolveCollisionsFn(beam.DoFn):
                 yield error_output(loser.path, "match", error)
             return
         winner = ordered[0]
-        yield SourceImage(winner.path, winner.relative, winner.size_bytes, mask_path)
+        assigned = SourceImage(winner.path, winner.relative, winner.size_bytes, mask_path)
+        committed = [claim.path for claim in present if claim.kind == "mask"]
+        if committed:
+            yield beam.pvalue.TaggedOutput(COMMITTED_TAG, (assigned, committed[0]))
+        else:
+            yield assigned
         for loser in ordered[1:]:
             error = MaskCollisionError(
                 f"its mask {mask_path} is already the mask of {winner.path}; "
@@ -364,20 +393,89 @@ class _ResolveCollisionsFn(beam.DoFn):
 class AssignMaskPaths(beam.PTransform):
     """Gives each :class:`SourceImage` its confined, collision-free mask path.
 
-    Returns a ``DoOutputsTuple``: the main output holds sources with
-    ``mask_path`` set; ``errors`` holds :class:`ErrorRecord` for unsafe paths,
-    entries the listing refused, and collision losers.
+    Takes the sources, or ``(sources, outputs)`` where ``outputs`` holds
+    ``(mask path, OutputFile)`` for what OUT already holds (see
+    :func:`list_outputs`); they meet the sources in the one grouping by mask
+    path that collisions need anyway, so resuming costs no extra shuffle.
+
+    Returns ``(sources, errors, committed, stale)``: sources with
+    ``mask_path`` set whose masks are still to be made; :class:`ErrorRecord`
+    for unsafe paths, entries the listing refused, and collision losers;
+    ``(source, mask file)`` for sources whose mask OUT already holds; and
+    the :class:`OutputFile` entries under OUT that no source claims.
     """
 
-    def expand(self, sources):
+    def expand(self, inputs):
+        sources, outputs = inputs if isinstance(inputs, tuple) else (inputs, None)
         keyed = sources | "KeyByMaskPath" >> beam.ParDo(_KeyByMaskPathFn()).with_outputs(
             ERRORS_TAG, main="keyed"
         )
+        claims = keyed.keyed
+        if outputs is not None:
+            claims = (claims, outputs) | "FlattenClaims" >> beam.Flatten()
         resolved = (
-            keyed.keyed
+            claims
             | "GroupByMaskPath" >> beam.GroupByKey()
             | "ResolveCollisions"
-            >> beam.ParDo(_ResolveCollisionsFn()).with_outputs(ERRORS_TAG, main="sources")
+            >> beam.ParDo(_ResolveCollisionsFn()).with_outputs(
+                ERRORS_TAG, COMMITTED_TAG, STALE_TAG, main="sources"
+            )
         )
         errors = (keyed[ERRORS_TAG], resolved[ERRORS_TAG]) | "FlattenPathErrors" >> beam.Flatten()
-        return resolved.sources, errors
+        return resolved.sources, errors, resolved[COMMITTED_TAG], resolved[STALE_TAG]
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """A file a previous run left under OUT/masks or OUT/overlays.
+
+    Attributes:
+      path: its full path or URL.
+      kind: ``"mask"``, ``"overlay"``, or ``"other"`` (a killed write's
+        temporary, or anything else that has no place there).
+    """
+
+    path: str
+    kind: str
+
+
+def _list_files(folder: str) -> Iterator[str]:
+    """Every file below ``folder`` (nothing when it does not exist)."""
+    if is_remote(folder):
+        for metadata in FileSystems.match([join_path(folder, "**")])[0].metadata_list:
+            yield metadata.path
+        return
+    if not os.path.isdir(folder):
+        return
+
+    def unlisted(error: OSError) -> None:
+        raise error
+
+    for directory, _, names in os.walk(folder, onerror=unlisted):
+        for name in names:
+            yield os.path.join(directory, name)
+
+
+def list_outputs(output: str) -> Iterator[tuple[str, OutputFile]]:
+    """What OUT already holds under ``masks/`` and ``overlays/``, keyed by mask path.
+
+    A mask is keyed by its own path below OUT, an overlay by its mask's, and
+    anything else by its own path (no source can claim it, so it is pruned).
+
+    Raises:
+      OSError: (or a filesystem's own error) OUT cannot be listed.
+    """
+    from petseg.beam.write import TEMP_MARKER
+
+    prefix = output.rstrip("/") + "/"
+    for folder, kind, suffix in ((MASKS_DIR, "mask", ".png"), (OVERLAYS_DIR, "overlay", ".jpg")):
+        for path in _list_files(join_path(output, folder)):
+            relative = path[len(prefix) :] if path.startswith(prefix) else path
+            name = posixpath.basename(relative)
+            if TEMP_MARKER in name or not name.endswith(suffix):
+                yield relative, OutputFile(path, "other")
+            elif kind == "mask":
+                yield relative, OutputFile(path, kind)
+            else:
+                mask_path = MASKS_DIR + relative[len(OVERLAYS_DIR) : -len(suffix)] + ".png"
+                yield mask_path, OutputFile(path, kind)

@@ -21,6 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.io import (
     InputSpec,
+    inside,
     is_remote,
     join_path,
     list_images,
@@ -94,11 +95,6 @@ def _check_positive(name: str, value: int) -> None:
         raise SegmentConfigError(f"{name} must be at least 1, got {value}")
 
 
-def _inside(path: str, folder: str) -> bool:
-    path, folder = path.rstrip("/"), folder.rstrip("/")
-    return path == folder or path.startswith(folder + "/")
-
-
 def _real(location: str) -> str:
     return location if is_remote(location) else os.path.realpath(location)
 
@@ -135,12 +131,12 @@ def check_output(output: str, inputs: Sequence[InputSpec]) -> None:
     real_output = _real(output)
     for spec in inputs:
         real_root = _real(spec.root)
-        if _inside(real_output, real_root):
+        if inside(real_output, real_root):
             raise SegmentConfigError(
                 f"--output {output} is inside the input folder {spec.root}; choose a folder "
                 "outside every input"
             )
-        if _inside(real_root, real_output):
+        if inside(real_root, real_output):
             raise SegmentConfigError(
                 f"input folder {spec.root} is inside --output {output}; choose a separate output"
             )

@@ -14,7 +14,7 @@ import numpy as np
 # Beam metrics namespace of the job's counters (read, decoded, failed, masks_written, pixels_*).
 COUNTER_NAMESPACE = "petseg"
 # Stages an input can fail at, in pipeline order; errors JSON Lines name one of them.
-STAGES: tuple[str, ...] = ("match", "read", "decode", "infer", "postprocess", "write")
+STAGES: tuple[str, ...] = ("match", "read", "decode", "postprocess", "write")
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,13 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from petseg.beam.records import COUNTER_NAMESPACE, STAGES, ErrorRecord, Segmentation
+from petseg.beam.records import (
+    COUNTER_NAMESPACE,
+    STAGES,
+    ErrorRecord,
+    Segmentation,
+    SourceImage,
+)
 from petseg.beam.threaded import ThreadedDoFn
 from petseg.classes import PET
 
@@ -37,23 +43,43 @@ def image_stats(
       "fractions": {class: fraction}, "mean_confidence", "model_id"}``;
       ``mask_path`` is relative to OUT, so output folders compare and move freely.
     """
-    key = segmentation.key
-    total = key.width * key.height
+    return mask_stats(
+        segmentation.key.source,
+        segmentation.mask,
+        segmentation.mean_confidence,
+        class_names,
+        model_id,
+    )
+
+
+def mask_stats(
+    source: SourceImage,
+    mask: np.ndarray,
+    mean_confidence: float,
+    class_names: Sequence[str],
+    model_id: str,
+) -> dict[str, Any]:
+    """The statistics record of ``source`` from its mask (see :func:`image_stats`).
+
+    A resumed run rebuilds the records of reused masks with this, from the
+    mask files, so they match an uninterrupted run's byte for byte.
+    """
+    height, width = mask.shape
+    total = width * height
     # One comparison per class: several times faster than np.bincount, which
     # first widens every uint8 pixel to a 64-bit index.
-    mask = segmentation.mask
     counts = [int(np.count_nonzero(mask == index)) for index in range(len(class_names))]
     return {
-        "path": key.source.path,
-        "mask_path": key.source.mask_path,
-        "width": key.width,
-        "height": key.height,
+        "path": source.path,
+        "mask_path": source.mask_path,
+        "width": width,
+        "height": height,
         "pixels": {name: int(counts[index]) for index, name in enumerate(class_names)},
         "fractions": {
             name: round(int(counts[index]) / total, DECIMALS)
             for index, name in enumerate(class_names)
         },
-        "mean_confidence": round(segmentation.mean_confidence, DECIMALS),
+        "mean_confidence": round(mean_confidence, DECIMALS),
         "model_id": model_id,
     }
 
@@ -181,7 +207,11 @@ class SummaryCombineFn(beam.CombineFn):
 
 
 def reconcile(
-    image_summary: Mapping[str, Any], matched: int, failures_by_stage: Mapping[str, int]
+    image_summary: Mapping[str, Any],
+    matched: int,
+    failures_by_stage: Mapping[str, int],
+    masks_reused: int = 0,
+    masks_pruned: int = 0,
 ) -> dict[str, Any]:
     """The full summary: image statistics plus the accounting of every matched file.
 
@@ -189,6 +219,10 @@ def reconcile(
       image_summary: :class:`SummaryCombineFn`'s output.
       matched: distinct files matched.
       failures_by_stage: error count per stage.
+      masks_reused: masks a resumed run found committed and did not infer again
+        (counted in ``masks_written``: they are this run's masks too).
+      masks_pruned: masks of earlier runs whose inputs are gone or now refused,
+        removed from OUT.
 
     Returns:
       The summary document; ``reconciliation.ok`` says whether
@@ -204,6 +238,8 @@ def reconcile(
         **image_summary,
         "matched": matched,
         "masks_written": written,
+        "masks_reused": masks_reused,
+        "masks_pruned": masks_pruned,
         "failed": failed,
         "failed_by_stage": by_stage,
         "reconciliation": {
@@ -247,6 +283,10 @@ class CountErrorsFn(beam.DoFn):
 class SummarizeRun(beam.PTransform):
     """``(matched sources, statistics records, errors)`` -> the one-element summary.
 
+    Two more collections may follow, for a resumed run: the statistics records
+    of reused masks (a subset of the records) and the pruned masks; each
+    element counts one.
+
     Args:
       class_names: the model's classes.
       model_id: the model's id.
@@ -258,8 +298,16 @@ class SummarizeRun(beam.PTransform):
         self._model_id = model_id
 
     def expand(self, inputs):
-        matched, records, errors = inputs
+        matched, records, errors, *resumed = inputs
         matched_count = matched | "CountMatched" >> beam.combiners.Count.Globally()
+        resume_counts = {
+            name: beam.pvalue.AsSingleton(collection | label >> beam.combiners.Count.Globally())
+            for (name, label), collection in zip(
+                (("masks_reused", "CountReused"), ("masks_pruned", "CountPruned")),
+                resumed,
+                strict=False,
+            )
+        }
         failures = (
             errors
             | "ExtractStages" >> beam.Map(_stage)
@@ -274,5 +322,6 @@ class SummarizeRun(beam.PTransform):
                 reconcile,
                 matched=beam.pvalue.AsSingleton(matched_count),
                 failures_by_stage=beam.pvalue.AsDict(failures),
+                **resume_counts,
             )
         )

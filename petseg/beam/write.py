@@ -5,6 +5,12 @@ renamed into place, so a crashed or retried worker never leaves a
 half-written file under a final name. Encoders are deterministic: a rerun
 writes byte-identical masks, and JSON Lines are sorted by path within
 shards chosen by a stable hash, so reruns on any runner match byte for byte.
+
+A mask is also its image's commit record: its PNG carries a ``petseg`` text
+chunk (:class:`MaskProvenance`) with what a resumed run needs to trust it
+and to rebuild its statistics without the model. A write that fails is
+retried, then raised as an :class:`~petseg.beam.faults.EnvironmentFault`;
+only a mask name too long for OUT's filesystem is the image's own error.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import json
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -21,8 +28,9 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
+from petseg.beam.faults import EnvironmentFault, with_write_retries
 from petseg.beam.io import ERRORS_TAG, error_output, join_path, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
 from petseg.beam.threaded import ThreadedDoFn
@@ -37,15 +45,76 @@ TEMP_MARKER = ".tmp-"
 # 5.6 KB; the default level 6 gives 3.3 KB and takes 2.5x as long).
 PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = zlib.Z_RLE
+# The PNG text chunk keyword of a mask's provenance.
+PROVENANCE_KEY = "petseg"
+CONFIDENCE_DECIMALS = 6
 
 
-def encode_mask(mask: np.ndarray, colours: Sequence[tuple[int, int, int]] = CLASS_COLOURS) -> bytes:
-    """A class map as a mode ``P`` PNG: pixel value = class index, palette = class colours."""
+@dataclass(frozen=True)
+class MaskProvenance:
+    """What a mask file says of how it was made (its PNG's ``petseg`` text chunk).
+
+    Attributes:
+      source: the image's path below its input root.
+      source_bytes: the image's size when it was segmented; an input replaced
+        by a file of another size is segmented again on resume.
+      model_id: the model that drew the mask.
+      batch_size: the fixed inference batch shape (it can change the last bits
+        of probabilities, so masks made at another shape are not reused).
+      mean_confidence: the image's mean confidence, rounded as statistics
+        report it, so a resumed run rebuilds byte-identical statistics.
+    """
+
+    source: str
+    source_bytes: int
+    model_id: str
+    batch_size: int
+    mean_confidence: float
+
+    def to_text(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_text(cls, text: str) -> MaskProvenance:
+        """Parses a chunk's text.
+
+        Raises:
+          ValueError: not a provenance record.
+        """
+        try:
+            fields = json.loads(text)
+            return cls(
+                source=str(fields["source"]),
+                source_bytes=int(fields["source_bytes"]),
+                model_id=str(fields["model_id"]),
+                batch_size=int(fields["batch_size"]),
+                mean_confidence=float(fields["mean_confidence"]),
+            )
+        except (TypeError, KeyError, json.JSONDecodeError) as error:
+            raise ValueError(f"not a petseg provenance chunk: {error}") from None
+
+
+def encode_mask(
+    mask: np.ndarray,
+    colours: Sequence[tuple[int, int, int]] = CLASS_COLOURS,
+    provenance: MaskProvenance | None = None,
+) -> bytes:
+    """A class map as a mode ``P`` PNG: pixel value = class index, palette = class colours.
+
+    Args:
+      mask: ``uint8 [H, W]`` class indices.
+      colours: the palette, one colour per class.
+      provenance: written as the PNG's ``petseg`` text chunk when given.
+    """
     height, width = mask.shape
     image = Image.frombytes(
         "P", (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes()
     )
     image.putpalette(palette(tuple(colours)))
+    info = None
+    if provenance is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(PROVENANCE_KEY, provenance.to_text())
     buffer = io.BytesIO()
     image.save(
         buffer,
@@ -53,8 +122,23 @@ def encode_mask(mask: np.ndarray, colours: Sequence[tuple[int, int, int]] = CLAS
         optimize=False,
         compress_level=PNG_COMPRESS_LEVEL,
         compress_type=PNG_STRATEGY,
+        pnginfo=info,
     )
     return buffer.getvalue()
+
+
+def decode_mask(data: bytes) -> tuple[np.ndarray, MaskProvenance | None]:
+    """A mask file's class map and provenance (``None`` without one).
+
+    Raises:
+      ValueError: (or Pillow's own error) not a palette PNG, or a bad chunk.
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        if image.format != "PNG" or image.mode != "P":
+            raise ValueError(f"not a palette PNG ({image.format} {image.mode})")
+        text = image.text.get(PROVENANCE_KEY)
+        mask = np.asarray(image)
+    return mask, (MaskProvenance.from_text(text) if text is not None else None)
 
 
 def encode_overlay(
@@ -76,10 +160,16 @@ def encode_overlay(
 def write_atomically(path: str, data: bytes) -> None:
     """Writes ``data`` to a temporary sibling of ``path``, then renames it to ``path``.
 
+    A failed attempt is retried a few times (see :mod:`petseg.beam.faults`).
+
     Raises:
-      OSError: (or a filesystem's own error) the write or rename failed; the
-        temporary file is removed on a best-effort basis.
+      EnvironmentFault: the write or rename kept failing; no temporary file is left.
+      OSError: the name is too long for the filesystem (the input's fault).
     """
+    with_write_retries(lambda: _write_once(path, data), f"cannot write {path}")
+
+
+def _write_once(path: str, data: bytes) -> None:
     folder, _, name = path.rpartition("/")
     temporary = f"{folder}/.{name}{TEMP_MARKER}{uuid.uuid4().hex}"
     try:
@@ -116,26 +206,42 @@ class WriteMaskFn(ThreadedDoFn):
 
     Args:
       output: the job's output folder OUT.
+      model_id: the model's id, recorded in each mask's provenance.
+      batch_size: the fixed inference batch shape, likewise.
       overlays: also write colour overlays under ``OUT/overlays/``.
       threads: threads of the worker process's pool, shared with the other
         threaded steps (``None``: every core).
       max_in_flight: masks held at once, at most.
+
+    Raises (from the bundle): :class:`~petseg.beam.faults.EnvironmentFault`
+    when OUT cannot be written.
     """
 
     def __init__(
         self,
         output: str,
+        model_id: str = "",
+        batch_size: int = 0,
         overlays: bool = False,
         threads: int | None = None,
         max_in_flight: int | None = None,
     ):
         super().__init__(threads, max_in_flight)
         self._output = output
+        self._model_id = model_id
+        self._batch_size = batch_size
         self._overlays = overlays
         self._written = Metrics.counter(COUNTER_NAMESPACE, "masks_written")
 
     def work(self, segmentation: Segmentation) -> list:
         key = segmentation.key
+        provenance = MaskProvenance(
+            source=key.source.relative,
+            source_bytes=key.source.size_bytes,
+            model_id=self._model_id,
+            batch_size=self._batch_size,
+            mean_confidence=round(segmentation.mean_confidence, CONFIDENCE_DECIMALS),
+        )
         try:
             # The overlay goes first: a mask on disk then always means "done".
             if self._overlays and key.original is not None:
@@ -143,9 +249,12 @@ class WriteMaskFn(ThreadedDoFn):
                 target = join_path(self._output, overlay_relative_path(key.source.mask_path))
                 write_atomically(target, overlay)
             write_atomically(
-                join_path(self._output, key.source.mask_path), encode_mask(segmentation.mask)
+                join_path(self._output, key.source.mask_path),
+                encode_mask(segmentation.mask, provenance=provenance),
             )
-        except Exception as error:  # A full disk or a denied write fails this image only.
+        except EnvironmentFault:
+            raise  # OUT's fault, not the image's: the runner retries the bundle.
+        except Exception as error:  # Only a name OUT's filesystem cannot hold.
             return [error_output(key.source.path, "write", error)]
         return [segmentation]
 
