@@ -32,4 +32,4 @@ RUN pip install -c constraints.txt "${TENSORFLOW_PACKAGE}" pillow numpy
 
 COPY . ./
 RUN pip install -c constraints.txt . \
-    && python -c "import petseg.beam.inference, beam_jobs.segment, tensorflow"
+    && python -c "import petseg.beam.command, tensorflow"

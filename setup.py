@@ -12,8 +12,9 @@ setup(
     version="0.1.0",
     description="Batch image segmentation: MobileNetV2 U-Net training and Apache Beam inference.",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["petseg", "petseg.*", "beam_jobs", "beam_jobs.*"]),
-    py_modules=["train"],
+    # The drivers (train.py, beam_jobs/) stay in the repository: the library
+    # and its console scripts never import them, and Beam's workers need petseg only.
+    packages=find_packages(include=["petseg", "petseg.*"]),
     install_requires=[
         # Keras 3 ships with these TensorFlow releases; the model code assumes Keras 3.
         "tensorflow>=2.16,<2.22",
@@ -38,9 +39,9 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "petseg-train=train:main",
+            "petseg-train=petseg.train_command:main",
             "petseg-evaluate=petseg.evaluate:main",
-            "petseg-segment=beam_jobs.segment:main",
+            "petseg-segment=petseg.beam.command:main",
             "petseg=petseg.cli:main",
         ],
     },

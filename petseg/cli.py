@@ -1,7 +1,7 @@
 """``petseg``: the project's umbrella command.
 
 petseg report OUT [--workdir TRAINING_WORKDIR]   write OUT/report.html
-petseg segment ...                               the Beam job (beam_jobs.segment)
+petseg segment ...                               the Beam job (as beam_jobs/segment.py)
 petseg train ... / petseg evaluate ...           train.py and its evaluation
 """
 
@@ -63,16 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         return _report(rest)
     if command == "segment":
-        from beam_jobs.segment import main as segment_main
+        from petseg.beam.command import main as segment_main
 
         return segment_main(rest)
     if command == "evaluate":
         from petseg.evaluate import main as evaluate_main
 
         return evaluate_main(rest, prog=f"{PROG} evaluate")
-    import train
+    from petseg.train_command import main as train_main
 
-    return train.main(rest)
+    return train_main(rest, prog=f"{PROG} train")
 
 
 if __name__ == "__main__":

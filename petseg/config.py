@@ -14,9 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from petseg.classes import NUM_CLASSES
+from petseg.classes import DEFAULT_MASK_VALUES, NUM_CLASSES
+from petseg.flags import option
 
 DATASETS = ("oxford_iiit_pet", "synthetic")
+# MobileNetV2's width multipliers with ImageNet weights (petseg.model builds these).
+VALID_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 # --mixed-precision settings; see petseg.distribute.compute_policy_name.
 PRECISIONS = ("auto", "on", "off")
 
@@ -38,89 +41,154 @@ def precision_setting(mixed_precision: str | bool) -> str:
     return mixed_precision
 
 
+def parse_class_weights(text: str) -> tuple[float, ...]:
+    """Parses ``"1,1,2.5"`` into ``(1.0, 1.0, 2.5)``.
+
+    Raises:
+      ConfigError: not a comma-separated list of numbers.
+    """
+    try:
+        return tuple(float(item) for item in text.split(","))
+    except ValueError:
+        raise ConfigError(f"class weights look like w0,w1,w2 (numbers), got {text!r}") from None
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run depends on.
 
-    Attributes:
-      dataset: ``oxford_iiit_pet`` (TFDS, or the folder ``data_dir``) or ``synthetic``.
-      data_dir: an Oxford-layout folder (``images/``, ``annotations/``); trains
-        on ``trainval.txt`` and evaluates on ``test.txt``. None: TFDS.
-      tfds_data_dir: TFDS's data directory (None: TFDS's default).
-      images_dir: a paired folder of images (with ``masks_dir``), instead of Oxford data.
-      masks_dir: the masks matching ``images_dir`` by file stem.
-      mask_values: stored mask value -> class index for paired masks, e.g. ``"0:1,255:0"``.
-      val_fraction: share of paired examples held out for evaluation.
-      synthetic_count: number of synthetic training examples (evaluation gets a quarter).
-      image_size: model input side S during training, a multiple of 32.
-      serve_image_size: the exported model's input side (None: ``image_size``);
-        the trained weights run at any multiple of 32.
-      tta_flip: the export averages each image's probabilities with its
-        mirror image's (test-time augmentation).
-      alpha: MobileNetV2 width multiplier.
-      encoder_weights: ``imagenet``, ``none`` or a local ``.h5`` path.
-      dropout: dropout rate in the decoder blocks.
-      epochs: epochs with the encoder frozen.
-      fine_tune_epochs: further epochs with the encoder unfrozen (0: none).
-      fine_tune_from: first encoder layer to unfreeze (None: the whole encoder).
-      learning_rate: Adam learning rate of the frozen phase.
-      fine_tune_learning_rate: Adam learning rate of the fine-tuning phase.
-      lr_schedule: ``constant``, or ``cosine`` decay to zero within each phase.
-      batch_size: examples per replica per step.
-      global_batch_size: if set, the global batch instead (must divide by the replicas).
-      steps_per_epoch: training steps per epoch (None: one pass over the training set).
-      class_weights: per-class loss weights (pet, background, border), or None.
-      flip: random horizontal flips.
-      min_crop_scale: smallest random square crop, as a fraction of the side (1: no crops).
-      colour_jitter: strength of brightness/contrast/saturation jitter (0: none).
-      shuffle_buffer: training shuffle buffer, in examples.
-      mixed_precision: ``auto`` (float16 compute on GPUs with tensor cores,
-        bfloat16 on CPUs with native bfloat16, float32 elsewhere), ``on``
-        (float16 on GPUs, bfloat16 on CPUs) or ``off``; weights, logits and the
-        exported model stay float32 (``True``/``False`` read as on/off).
-      gpus: GPUs to use: None for all visible, ``"N"`` for the first N
-        (``"0"``: CPU only), or a list of indices ``"0,2"``.
-      validation_freq: run the full evaluation split every this many epochs
-        (1: every epoch; the final evaluation always runs).
-      plot_examples: validation images drawn in each epoch's prediction panel.
-      seed: seed of weights initialisation, shuffling and augmentation.
-      strict: read every data file before training and refuse bad ones.
+    Each field is also ``train.py``'s flag of the same name (``image_size`` is
+    ``--image-size``), built from the field's type, default and help here.
     """
 
-    dataset: str = "oxford_iiit_pet"
-    data_dir: str | None = None
-    tfds_data_dir: str | None = None
-    images_dir: str | None = None
-    masks_dir: str | None = None
-    mask_values: str = "0:1,255:0"
-    val_fraction: float = 0.2
-    synthetic_count: int = 64
-    image_size: int = 128
-    serve_image_size: int | None = None
-    tta_flip: bool = False
-    alpha: float = 1.0
-    encoder_weights: str = "imagenet"
-    dropout: float = 0.0
-    epochs: int = 20
-    fine_tune_epochs: int = 0
-    fine_tune_from: str | None = None
-    learning_rate: float = 1e-3
-    fine_tune_learning_rate: float = 1e-4
-    lr_schedule: str = "constant"
-    batch_size: int = 64
-    global_batch_size: int | None = None
-    steps_per_epoch: int | None = None
-    class_weights: tuple[float, ...] | None = None
-    flip: bool = True
-    min_crop_scale: float = 1.0
-    colour_jitter: float = 0.0
-    shuffle_buffer: int = 1000
-    mixed_precision: str = "auto"
-    gpus: str | None = None
-    validation_freq: int = 1
-    plot_examples: int = 3
-    seed: int = 0
-    strict: bool = False
+    dataset: str = option(
+        "oxford_iiit_pet",
+        "data set: the Oxford-IIIT Pet (TFDS, or the folder --data-dir) or synthetic pets",
+        group="data",
+        choices=DATASETS,
+    )
+    data_dir: str | None = option(
+        None,
+        "Oxford-IIIT Pet folder (images/, annotations/trimaps/, trainval.txt, test.txt) "
+        "instead of the TFDS download; trains on trainval.txt, evaluates on test.txt",
+        group="data",
+    )
+    tfds_data_dir: str | None = option(
+        None, "TFDS data directory (default: TFDS's own)", group="data"
+    )
+    images_dir: str | None = option(
+        None, "paired folder of images (with --masks-dir)", group="data"
+    )
+    masks_dir: str | None = option(None, "masks matching --images-dir by file stem", group="data")
+    mask_values: str = option(
+        DEFAULT_MASK_VALUES,
+        "stored mask value -> class index for --masks-dir (0 pet, 1 background, 2 border)",
+        group="data",
+    )
+    val_fraction: float = option(
+        0.2, "share of paired examples held out for evaluation", group="data"
+    )
+    synthetic_count: int = option(
+        64, "synthetic training examples (evaluation: a quarter as many)", group="data"
+    )
+    strict: bool = option(False, "read every file first; refuse bad pairs", group="data")
+    image_size: int = option(128, "input side during training, a multiple of 32", group="model")
+    alpha: float = option(1.0, "MobileNetV2 width multiplier", group="model")
+    encoder_weights: str = option(
+        "imagenet",
+        "encoder initialisation: Keras' ImageNet download, random, or a local .h5 file",
+        group="model",
+        metavar="{imagenet,none,PATH}",
+    )
+    dropout: float = option(0.0, "decoder dropout", group="model")
+    serve_image_size: int | None = option(
+        None,
+        "input side of the exported model (default: --image-size); a multiple of 32",
+        group="model",
+    )
+    tta_flip: bool = option(
+        False,
+        "the exported model averages each image with its mirror image (2x inference cost)",
+        group="model",
+    )
+    epochs: int = option(20, "epochs with the encoder frozen", group="optimisation")
+    fine_tune_epochs: int = option(
+        0, "further epochs with the encoder unfrozen (numbering continues)", group="optimisation"
+    )
+    fine_tune_from: str | None = option(
+        None,
+        "first encoder layer to unfreeze, e.g. block_13_expand (default: all)",
+        group="optimisation",
+        metavar="LAYER",
+    )
+    learning_rate: float = option(1e-3, "Adam, frozen phase", group="optimisation")
+    fine_tune_learning_rate: float = option(1e-4, "Adam, fine-tuning phase", group="optimisation")
+    lr_schedule: str = option(
+        "constant",
+        "constant, or cosine decay to 0 within each phase",
+        group="optimisation",
+        choices=("constant", "cosine"),
+    )
+    batch_size: int = option(
+        64,
+        "examples per replica; the global batch is this x replicas",
+        group="optimisation",
+    )
+    global_batch_size: int | None = option(
+        None,
+        "global batch instead of --batch-size; must divide by the replicas",
+        group="optimisation",
+    )
+    steps_per_epoch: int | None = option(
+        None,
+        "training steps per epoch (default: training examples // global batch)",
+        group="optimisation",
+    )
+    class_weights: tuple[float, ...] | None = option(
+        None,
+        "per-pixel loss weights of pet,background,border (default: none)",
+        group="optimisation",
+        metavar="w0,w1,w2",
+        parse=parse_class_weights,
+    )
+    seed: int = option(
+        0, "seed of initialisation, shuffling and augmentation", group="optimisation"
+    )
+    flip: bool = option(True, "random horizontal flips", group="augmentation")
+    min_crop_scale: float = option(
+        1.0,
+        "random square crops of at least this fraction of the side, resized back (1: off)",
+        group="augmentation",
+    )
+    colour_jitter: float = option(
+        0.0,
+        "brightness/contrast/saturation jitter strength in [0, 1] (0: off)",
+        group="augmentation",
+        aliases=("--color-jitter",),
+    )
+    shuffle_buffer: int = option(1000, "shuffle buffer, in examples", group="augmentation")
+    gpus: str | None = option(
+        None,
+        "GPUs to mirror over: a count (2; 0 = CPU) or indices (0,1); default: all visible",
+        group="devices and outputs",
+    )
+    mixed_precision: str = option(
+        "auto",
+        "float16 (GPU) / bfloat16 (CPU) compute with float32 weights: auto where the "
+        "hardware computes it natively; on (the flag alone); off. Weights, logits and the "
+        "export stay float32",
+        group="devices and outputs",
+        choices=PRECISIONS,
+        const="on",
+    )
+    validation_freq: int = option(
+        1,
+        "evaluate on the full evaluation split every N epochs (the final evaluation always runs)",
+        group="devices and outputs",
+    )
+    plot_examples: int = option(
+        3, "validation images in each epoch's prediction panel", group="devices and outputs"
+    )
 
     def __post_init__(self):
         if self.class_weights is not None:
@@ -129,9 +197,6 @@ class TrainConfig:
         self._check()
 
     def _check(self) -> None:
-        # Imported here so `train.py --help` answers without loading TensorFlow.
-        from petseg.model import VALID_ALPHAS
-
         def require(condition: bool, message: str) -> None:
             if not condition:
                 raise ConfigError(message)
@@ -257,15 +322,3 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
         return cls(**values)
-
-
-def parse_class_weights(text: str) -> tuple[float, ...]:
-    """Parses ``"1,1,2.5"`` into ``(1.0, 1.0, 2.5)``.
-
-    Raises:
-      ConfigError: not a comma-separated list of numbers.
-    """
-    try:
-        return tuple(float(item) for item in text.split(","))
-    except ValueError:
-        raise ConfigError(f"class weights look like w0,w1,w2 (numbers), got {text!r}") from None

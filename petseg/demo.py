@@ -108,7 +108,7 @@ def write_holdout(plan_: DemoPlan, folder: str, count: int) -> str:
 
 def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dict:
     """Runs the whole demo into ``workdir`` and returns its headline figures."""
-    from beam_jobs import segment
+    from petseg.beam.command import run as run_segmentation
     from petseg.evaluate import evaluate_export
     from petseg.report import build_report
     from petseg.training import train_and_evaluate
@@ -126,7 +126,7 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
     holdout = write_holdout(plan_, os.path.join(workdir, "holdout"), holdout_count)
     output = os.path.join(workdir, "segmented")
     print(f"[2/4] segmenting {holdout}/images with the Beam job (DirectRunner)", flush=True)
-    summary = segment.run(
+    summary = run_segmentation(
         [
             "--input",
             os.path.join(holdout, "images"),

@@ -3,7 +3,7 @@
 Each image is decoded at its own size, resized to the model's S x S, run
 through the SavedModel's ``serving_default``; the class probabilities are
 resized back to the original height and width and reduced with argmax
-(:mod:`petseg.postprocess`, exactly as the Beam job does) and compared with
+(:mod:`petseg.upsample`, exactly as the Beam job does) and compared with
 the original label map. The result is what users of the masks get, not a
 score on squashed S x S labels.
 
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from petseg.classes import CLASS_NAMES
+from petseg.classes import CLASS_NAMES, DEFAULT_MASK_VALUES
 from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
 from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_examples
 from petseg.data.paired import pair_folders, parse_value_map
@@ -37,7 +37,7 @@ from petseg.export import ExportError, load_serving_model
 from petseg.flags import StrictArgumentParser
 from petseg.imageio import ImageDecodeError
 from petseg.metrics import confusion_matrix, format_metrics, metrics_from_confusion
-from petseg.postprocess import probabilities_to_mask
+from petseg.upsample import probabilities_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def evaluate_export(
     split: str = "test",
     images_dir: str | None = None,
     masks_dir: str | None = None,
-    mask_values: str = "0:1,255:0",
+    mask_values: str = DEFAULT_MASK_VALUES,
 ) -> dict[str, Any]:
     """Scores an export on an Oxford-layout split or on a paired folder.
 
@@ -188,8 +188,8 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--masks-dir", help="masks matching --images-dir by file stem")
     parser.add_argument(
         "--mask-values",
-        default="0:1,255:0",
-        help="stored mask value -> class index for --masks-dir (default 0:1,255:0)",
+        default=DEFAULT_MASK_VALUES,
+        help="stored mask value -> class index for --masks-dir (default: %(default)s)",
     )
     parser.add_argument(
         "--output", help="JSON report path (default: eval_<split>.json beside the export folder)"

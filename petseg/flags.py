@@ -15,12 +15,15 @@ must answer without loading it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import functools
 import re
 import sys
-from collections.abc import Iterable, Sequence
-from typing import NoReturn
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NoReturn
 
 # What argparse itself takes for a negative number rather than a flag.
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
@@ -226,3 +229,118 @@ def check_beam_args(args: Sequence[str], own_flags: Iterable[str]) -> None:
             continue
         hint = f" (did you mean {match}?)" if match else ""
         raise UnknownFlagError(f"unknown flag {name}{hint}")
+
+
+# ---- Flags built from a frozen config dataclass: each field's default, type and
+# help live once, on the field (see petseg.config.TrainConfig).
+
+
+def option(
+    default: Any,
+    help: str,  # noqa: A002 - argparse's own name for it
+    *,
+    group: str | None = None,
+    aliases: Sequence[str] = (),
+    choices: Sequence[Any] | None = None,
+    metavar: str | None = None,
+    parse: Callable[[str], Any] | None = None,
+    required: bool = False,
+    const: Any = None,
+) -> Any:
+    """A config field that is also a flag, ``--field-name`` (see :func:`add_config_flags`).
+
+    Args:
+      default: the field's default (``None`` for an optional setting).
+      help: the flag's help, which is also the field's documentation.
+      group: the help section the flag is listed under.
+      aliases: more spellings of the flag (``--color-jitter``).
+      choices: the values allowed.
+      metavar: how the value is shown in the help.
+      parse: turns the flag's text into the field's value (``"1,1,2"`` -> a tuple).
+      required: the flag must be given (the field still needs a default for dataclasses).
+      const: the value of the flag given alone, without a value.
+    """
+    metadata = {
+        "help": help,
+        "group": group,
+        "aliases": tuple(aliases),
+        "choices": tuple(choices) if choices is not None else None,
+        "metavar": metavar,
+        "parse": parse,
+        "required": required,
+        "const": const,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_name(field_name: str) -> str:
+    """``fine_tune_epochs`` -> ``--fine-tune-epochs``."""
+    return "--" + field_name.replace("_", "-")
+
+
+def _value_type(annotation: Any) -> Any:
+    """``int | None`` -> ``int``; ``tuple[str, ...]`` -> ``tuple``."""
+    arguments = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) in (types.UnionType, typing.Union) and len(arguments) == 1:
+        return _value_type(arguments[0])
+    return typing.get_origin(annotation) or annotation
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """Adds a flag for every field of ``config_class`` made with :func:`option`.
+
+    A ``bool`` field becomes ``--name`` (or ``--name/--no-name`` when it
+    defaults to true); a ``tuple`` field without ``parse`` is a repeatable
+    flag; any other takes one value of the field's type.
+    """
+    hints = typing.get_type_hints(config_class)
+    groups: dict[str | None, Any] = {None: parser}
+    for field in dataclasses.fields(config_class):
+        if "help" not in field.metadata:
+            continue
+        meta = field.metadata
+        if meta["group"] not in groups:
+            groups[meta["group"]] = parser.add_argument_group(meta["group"])
+        kind = _value_type(hints[field.name])
+        shown = field.default is not None and kind is not bool and not meta["required"]
+        settings: dict[str, Any] = {
+            "help": meta["help"] + (" (default: %(default)s)" if shown else ""),
+            "dest": field.name,
+        }
+        if kind is bool:
+            settings["action"] = argparse.BooleanOptionalAction if field.default else "store_true"
+            settings["default"] = field.default
+        else:
+            if kind is tuple and meta["parse"] is None:
+                settings["action"] = "append"
+            else:
+                settings["type"] = _argparse_type(meta["parse"]) if meta["parse"] else kind
+            if meta["const"] is not None:
+                settings.update(nargs="?", const=meta["const"])
+            settings["default"] = None if meta["required"] else field.default
+            for key in ("choices", "metavar", "required"):
+                if meta[key]:
+                    settings[key] = meta[key]
+        groups[meta["group"]].add_argument(flag_name(field.name), *meta["aliases"], **settings)
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``parse``, its ``ValueError`` shown by argparse in its own words."""
+
+    def parse_flag(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parse_flag.__name__ = parse.__name__
+    return parse_flag
+
+
+def config_values(config_class: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The values of ``config_class``'s flag fields in parsed ``args``, by field name."""
+    return {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(config_class)
+        if "help" in field.metadata
+    }

@@ -14,6 +14,7 @@ import os
 import keras
 
 from petseg.classes import NUM_CLASSES
+from petseg.config import VALID_ALPHAS
 from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization, with_fused_batch_norm
 
 # The tutorial's skip layers, from the highest resolution (S/2) to the lowest (S/32).
@@ -26,7 +27,6 @@ SKIP_LAYER_NAMES: tuple[str, ...] = (
 )
 DECODER_FILTERS: tuple[int, ...] = (512, 256, 128, 64)
 ENCODER_NAME = "encoder"
-VALID_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 
 
 class EncoderWeightsError(RuntimeError):

@@ -17,19 +17,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from petseg.classes import CLASS_COLOURS, CLASS_NAMES  # noqa: E402
-
-
-def colourise(
-    mask: np.ndarray, colours: Sequence[tuple[int, int, int]] = CLASS_COLOURS
-) -> np.ndarray:
-    """Class map ``[H, W]`` (or ``[H, W, 1]``) -> RGB ``uint8 [H, W, 3]`` in the class colours."""
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., 0]
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(colours)] = np.asarray(colours, np.uint8)
-    return table[mask.astype(np.uint8)]
+from petseg.classes import CLASS_NAMES  # noqa: E402
+from petseg.drawing import colourise  # noqa: E402
 
 
 def _save(figure, path: str) -> str:

@@ -22,8 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 from tqdm import tqdm
 
-from petseg.beam.write import encode_overlay
-from petseg.classes import CLASS_COLOURS
+from petseg.drawing import class_colour, encode_overlay
 from petseg.imageio import decode_image, resize_image, resize_mask
 
 REPORT_FILE = "report.html"
@@ -80,7 +79,7 @@ def class_share_chart(summary: dict[str, Any]) -> bytes:
 
     names = list(summary["class_names"])
     shares = [summary["pixel_fraction"][name] for name in names]
-    colours = [np.array(CLASS_COLOURS[i % len(CLASS_COLOURS)]) / 255 for i in range(len(names))]
+    colours = [np.array(class_colour(i)) / 255 for i in range(len(names))]
     figure, axes = plt.subplots(figsize=(5, 2.6))
     bars = axes.bar(names, shares, color=colours, edgecolor="black")
     axes.bar_label(bars, labels=[f"{share:.1%}" for share in shares])
@@ -257,8 +256,7 @@ def build_report(
     worst_records = sorted(stats, key=lambda record: (record["mean_confidence"], record["path"]))
     worst_records = worst_records[:worst]
     legend = "".join(
-        f'<span style="background: rgb{tuple(CLASS_COLOURS[i % len(CLASS_COLOURS)])}">'
-        f"{html.escape(name)}</span>"
+        f'<span style="background: rgb{class_colour(i)}">{html.escape(name)}</span>'
         for i, name in enumerate(summary.get("class_names", []))
     )
     with tqdm(

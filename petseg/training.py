@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from petseg.callbacks import (
     training_callbacks,
 )
 from petseg.classes import CLASS_NAMES, NUM_CLASSES
-from petseg.config import TrainConfig
+from petseg.config import ConfigError, TrainConfig
 from petseg.data import AugmentConfig, eval_batches, train_batches
 from petseg.distribute import (
     compute_policy_name,
@@ -368,3 +369,24 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
         steps_per_epoch=steps_per_epoch,
         resumed_from_epoch=done,
     )
+
+
+def run_training(config: TrainConfig, workdir: str, prog: str = "petseg train") -> int:
+    """Trains and exports as a command does: logs to stderr, one line for a user's mistake.
+
+    Returns:
+      The command's exit status: 0 exported, 2 a bad configuration or data.
+    """
+    from petseg.data import DataSourceError
+    from petseg.export import ExportError
+    from petseg.model import EncoderWeightsError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        result = train_and_evaluate(config, workdir)
+    except (ConfigError, DataSourceError, EncoderWeightsError, ExportError) as error:
+        # A user mistake: one line, no traceback, argparse's exit status.
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {result.model_id} to {result.export_dir}")
+    return 0

@@ -111,7 +111,7 @@ def expected_mask(model, data: bytes, batch_size: int) -> np.ndarray:
     fixed-shape batch (padded with zeros to ``batch_size``), upsample and argmax, without Beam."""
     import tensorflow as tf
 
-    from petseg.beam.postprocess import segment
+    from petseg.beam.masks import segment
     from petseg.imageio import decode_resized
 
     pixels, (height, width) = decode_resized(data, MODEL_SIZE)

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from beam_jobs import segment as segment_job
-from petseg.classes import CLASS_COLOURS, CLASS_NAMES
+from petseg.classes import CLASS_NAMES
+from petseg.drawing import CLASS_COLOURS
 from petseg.export import load_serving_model
 from petseg.imageio import decode_image
 from tests.beam_helpers import (
@@ -150,11 +151,12 @@ def test_counters_account_for_every_file(tree, model_dir, tmp_path):
     import apache_beam as beam
     from apache_beam.metrics.metric import MetricsFilter
 
-    from petseg.beam.job import prepare_job
+    from petseg.beam.job import SegmentConfig, prepare_job
 
-    job = prepare_job(
-        inputs=[str(tree)], model_dir=str(model_dir), output=str(tmp_path / "out"), max_batch_size=4
+    config = SegmentConfig(
+        input=(str(tree),), model=str(model_dir), output=str(tmp_path / "out"), max_batch_size=4
     )
+    job = prepare_job(config)
     pipeline = beam.Pipeline()
     segment_job.build_pipeline(pipeline, job)
     result = pipeline.run()
@@ -218,7 +220,7 @@ def test_main_fails_when_the_files_do_not_reconcile(tree, model_dir, tmp_path, c
             },
         }
 
-    monkeypatch.setattr(segment_job, "run", unreconciled)
+    monkeypatch.setattr("petseg.beam.command.run", unreconciled)
     assert segment_job.main([]) == 1
     assert "do not reconcile" in capsys.readouterr().err
 

@@ -18,7 +18,7 @@ from PIL import Image
 from petseg.beam.decode import DecodeImages
 from petseg.beam.faults import WRITE_RETRIES, EnvironmentFault
 from petseg.beam.inference import InferProbabilities
-from petseg.beam.postprocess import PostprocessMasks, segment
+from petseg.beam.masks import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
@@ -30,8 +30,8 @@ from petseg.beam.write import (
     shard_name,
     write_atomically,
 )
-from petseg.classes import CLASS_COLOURS
 from petseg.data import synthetic_example
+from petseg.drawing import CLASS_COLOURS
 from tests.images import gradient, jpeg, png
 
 SIZE = 16

@@ -25,7 +25,7 @@ from PIL import Image
 
 from petseg.beam.decode import DecodeImages
 from petseg.beam.inference import InferProbabilities
-from petseg.beam.postprocess import PostprocessMasks
+from petseg.beam.masks import PostprocessMasks
 from petseg.beam.records import STAGES, SourceImage
 from petseg.beam.write import TEMP_MARKER, WriteMasks
 from petseg.imageio import ImageDecodeError, decode_image, decode_mask

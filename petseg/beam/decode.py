@@ -17,9 +17,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from petseg.beam.faults import environment_fault, is_input_read_fault
-from petseg.beam.io import ERRORS_TAG, error_output
+from petseg.beam.io import error_output
 from petseg.beam.records import COUNTER_NAMESPACE, ImageKey, SourceImage
-from petseg.beam.threaded import ThreadedDoFn
+from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
 from petseg.imageio import DEFAULT_MAX_PIXELS, decode_image, decode_resized
 
 # A file this big is no photo; refusing it before reading keeps a worker's memory safe.
@@ -107,19 +107,13 @@ class DecodeImageFn(ThreadedDoFn):
             self._decoded.inc()
 
 
-class DecodeImages(beam.PTransform):
+class DecodeImages(ThreadedStep):
     """Reads and decodes images to the model's input size.
 
     Takes the arguments of :class:`DecodeImageFn`. Returns a pair
     ``(keyed model inputs, errors)``.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-        self._decode = DecodeImageFn(*args, **kwargs)
-
-    def expand(self, sources):
-        decoded = sources | "DecodeImage" >> beam.ParDo(self._decode).with_outputs(
-            ERRORS_TAG, main="inputs"
-        )
-        return decoded.inputs, decoded[ERRORS_TAG]
+    fn_class = DecodeImageFn
+    fn_label = "DecodeImage"
+    main_tag = "inputs"

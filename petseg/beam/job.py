@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 from apache_beam.io.filesystems import FileSystems
 
+from petseg.beam.decode import DEFAULT_MAX_FILE_BYTES
 from petseg.beam.io import (
+    DEFAULT_EXTENSIONS,
     InputSpec,
     inside,
     is_remote,
@@ -28,17 +30,67 @@ from petseg.beam.io import (
     normalise_location,
     resolve_input,
 )
+from petseg.beam.progress import DEFAULT_INTERVAL_S
+from petseg.flags import option
+from petseg.imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
     from petseg.export import ModelInfo
 
 WRITE_CHECK_FILE = ".petseg-write-check"
+# Images per inference batch: every batch runs at this one shape (see SavedModelHandler).
+DEFAULT_BATCH_SIZE = 32
 # Statistics and errors JSON Lines shards hold about this many records each.
 RECORDS_PER_SHARD = 100_000
 
 
 class SegmentConfigError(ValueError):
     """A configuration the job refuses to start with; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class SegmentConfig:
+    """The segmentation job's settings, as given; each field is also its flag.
+
+    :func:`prepare_job` checks them and resolves them into a :class:`SegmentJob`.
+    """
+
+    input: tuple[str, ...] = option(
+        (),
+        "a folder (all images below it), a file or a glob pattern; repeatable",
+        required=True,
+    )
+    model: str = option("", "export folder written by train.py", required=True)
+    output: str = option("", "output folder OUT (local or a URL)", required=True)
+    extensions: str = option(
+        ",".join(DEFAULT_EXTENSIONS), "comma-separated file extensions to segment"
+    )
+    min_batch_size: int | None = option(
+        None,
+        "smallest inference batch (default: the --max-batch-size, since every batch is "
+        "padded to it)",
+    )
+    max_batch_size: int = option(DEFAULT_BATCH_SIZE, "inference batch size")
+    max_pixels: int = option(DEFAULT_MAX_PIXELS, "refuse images declaring more pixels")
+    max_file_bytes: int = option(DEFAULT_MAX_FILE_BYTES, "refuse files larger than this")
+    threads: int | None = option(
+        None,
+        "threads per worker process that read, decode, upsample and write images alongside "
+        "the model (default: the cores available to each process)",
+    )
+    overlays: bool = option(False, "also write colour overlays under OUT/overlays/")
+    progress_interval: float = option(
+        DEFAULT_INTERVAL_S,
+        "seconds between progress lines on the DirectRunner; 0 turns them off",
+    )
+    overwrite: bool = option(
+        False, "delete the outputs of another run found in OUT instead of refusing them"
+    )
+    max_failed_fraction: float = option(
+        0.0,
+        "share of matched inputs that may fail (dead-lettered under OUT/errors) before the "
+        "command exits 3; 0: any failure does",
+    )
 
 
 @dataclass
@@ -66,13 +118,13 @@ class SegmentJob:
     output: str
     extensions: tuple[str, ...]
     matched: int
-    min_batch_size: int = 1
-    max_batch_size: int = 32
-    max_pixels: int = 64_000_000
-    max_file_bytes: int = 256 * 1024 * 1024
-    overlays: bool = False
-    threads: int | None = None
-    num_shards: int = 1
+    min_batch_size: int
+    max_batch_size: int
+    max_pixels: int
+    max_file_bytes: int
+    overlays: bool
+    threads: int | None
+    num_shards: int
 
 
 def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -153,19 +205,7 @@ def check_output(output: str, inputs: Sequence[InputSpec]) -> None:
         ) from None
 
 
-def prepare_job(
-    *,
-    inputs: Sequence[str],
-    model_dir: str,
-    output: str,
-    extensions: str | Sequence[str] = "",
-    min_batch_size: int = 1,
-    max_batch_size: int = 32,
-    max_pixels: int = 64_000_000,
-    max_file_bytes: int = 256 * 1024 * 1024,
-    overlays: bool = False,
-    threads: int | None = None,
-) -> SegmentJob:
+def prepare_job(config: SegmentConfig) -> SegmentJob:
     """Checks a configuration and resolves it into a :class:`SegmentJob`.
 
     Cheap checks come first, so a wrong flag is reported before any listing;
@@ -174,9 +214,12 @@ def prepare_job(
     Raises:
       SegmentConfigError: the first problem found.
     """
-    from petseg.beam.io import DEFAULT_EXTENSIONS
     from petseg.export import ExportError, check_export, read_model_info
 
+    inputs, output = config.input, config.output
+    max_batch_size = config.max_batch_size
+    min_batch_size = max_batch_size if config.min_batch_size is None else config.min_batch_size
+    max_pixels, max_file_bytes = config.max_pixels, config.max_file_bytes
     _check_positive("--max-batch-size", max_batch_size)
     _check_positive("--min-batch-size", min_batch_size)
     if min_batch_size > max_batch_size:
@@ -185,15 +228,19 @@ def prepare_job(
         )
     _check_positive("--max-pixels", max_pixels)
     _check_positive("--max-file-bytes", max_file_bytes)
-    if threads is not None:
-        _check_positive("--threads", threads)
-    extension_list = parse_extensions(extensions or DEFAULT_EXTENSIONS)
+    if config.threads is not None:
+        _check_positive("--threads", config.threads)
+    if not 0.0 <= config.max_failed_fraction <= 1.0:
+        raise SegmentConfigError(
+            f"--max-failed-fraction must be between 0 and 1, got {config.max_failed_fraction}"
+        )
+    extension_list = parse_extensions(config.extensions or DEFAULT_EXTENSIONS)
     if not inputs or any(not text.strip() for text in inputs):
         raise SegmentConfigError("--input must name a folder, a file or a pattern")
     if not output.strip():
         raise SegmentConfigError("--output must name a folder")
 
-    model_location = normalise_location(model_dir)
+    model_location = normalise_location(config.model)
     try:
         model = read_model_info(model_location)
     except ExportError as error:
@@ -224,7 +271,7 @@ def prepare_job(
         max_batch_size=max_batch_size,
         max_pixels=max_pixels,
         max_file_bytes=max_file_bytes,
-        overlays=overlays,
-        threads=threads,
+        overlays=config.overlays,
+        threads=config.threads,
         num_shards=max(1, math.ceil(matched / RECORDS_PER_SHARD)),
     )

@@ -1,65 +1,10 @@
-"""From the model's probabilities at S x S to a mask at the image's own size.
+"""The old import path of :mod:`petseg.beam.masks`, the job's postprocess step.
 
-The probabilities, not the small mask, are upsampled: interpolating class
-probabilities and taking the argmax afterwards gives smooth boundaries,
-where resizing an S x S class map would give blocky ones.
+Kept until ``beam_jobs/segment.py``, ``benchmarks/profile.py``,
+``tests/beam_helpers.py`` and ``tests/test_reliability_fuzz.py`` import from
+:mod:`petseg.beam.masks`; then this module goes.
 """
 
-from __future__ import annotations
+from petseg.beam.masks import PostprocessFn, PostprocessMasks, segment
 
-import apache_beam as beam
-import numpy as np
-from apache_beam.ml.inference.base import PredictionResult
-
-from petseg.beam.io import ERRORS_TAG, error_output
-from petseg.beam.records import ImageKey, Segmentation
-from petseg.beam.threaded import ThreadedDoFn
-from petseg.postprocess import mask_and_confidence, upsample_probabilities
-
-
-def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:
-    """Upsamples, takes the argmax, and returns ``(mask [H, W], mean confidence)``.
-
-    The confidence of a pixel is the probability of the class it was given.
-    """
-    mask, confidence = mask_and_confidence(upsample_probabilities(probabilities, (height, width)))
-    return mask, float(np.mean(confidence, dtype=np.float64))
-
-
-class PostprocessFn(ThreadedDoFn):
-    """``(ImageKey, PredictionResult)`` -> :class:`Segmentation`, on a thread pool.
-
-    Failures go to ``errors``.
-
-    Args:
-      threads: threads of the worker process's pool, shared with the other
-        threaded steps (``None``: every core).
-      max_in_flight: predictions held at once, at most.
-    """
-
-    def work(self, element: tuple[ImageKey, PredictionResult]) -> list:
-        key, prediction = element
-        try:
-            mask, mean_confidence = segment(
-                np.asarray(prediction.inference, dtype=np.float32), key.height, key.width
-            )
-        except Exception as error:  # e.g. MemoryError upsampling a huge image.
-            return [error_output(key.source.path, "postprocess", error)]
-        return [Segmentation(key, mask, mean_confidence)]
-
-
-class PostprocessMasks(beam.PTransform):
-    """Turns keyed predictions into full-size masks. Returns ``(segmentations, errors)``.
-
-    Takes the arguments of :class:`PostprocessFn`.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-        self._postprocess = PostprocessFn(*args, **kwargs)
-
-    def expand(self, predictions):
-        results = predictions | "UpsampleAndArgmax" >> beam.ParDo(self._postprocess).with_outputs(
-            ERRORS_TAG, main="segmentations"
-        )
-        return results.segmentations, results[ERRORS_TAG]
+__all__ = ["PostprocessFn", "PostprocessMasks", "segment"]

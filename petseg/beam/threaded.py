@@ -21,6 +21,9 @@ postprocess, write and statistics steps together run on that many threads,
 not four times as many, and no more on a runner that processes several
 bundles at once in one process (each bundle thread has its own DoFn
 instances). Any idle thread takes whichever step has work.
+
+:class:`ThreadedStep` makes one such DoFn a composite step of the job, whose
+failed inputs leave on the ``errors`` output.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
+
+from petseg.beam.io import ERRORS_TAG
 
 
 def available_cores() -> int:
@@ -153,3 +158,31 @@ class ThreadedDoFn(beam.DoFn):
                 )
             else:
                 yield WindowedValue(output, timestamp, [window], pane_info)
+
+
+class ThreadedStep(beam.PTransform):
+    """Base class of a step that runs one :class:`ThreadedDoFn`; returns ``(main, errors)``.
+
+    A subclass names its DoFn and labels; it takes the DoFn's own arguments,
+    so a driver builds the step as it would the DoFn. ``errors`` holds the
+    DoFn's outputs tagged ``ERRORS_TAG``, ``main`` all the others.
+
+    Attributes:
+      fn_class: the DoFn the step runs.
+      fn_label: the label of its ``ParDo`` inside the step.
+      main_tag: the name of its main output.
+    """
+
+    fn_class: type[ThreadedDoFn]
+    fn_label: str
+    main_tag: str
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__()
+        self._fn = self.fn_class(*args, **kwargs)
+
+    def expand(self, elements):
+        results = elements | self.fn_label >> beam.ParDo(self._fn).with_outputs(
+            ERRORS_TAG, main=self.main_tag
+        )
+        return results[self.main_tag], results[ERRORS_TAG]

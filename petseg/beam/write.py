@@ -31,18 +31,16 @@ from apache_beam.metrics import Metrics
 from PIL import Image, PngImagePlugin
 
 from petseg.beam.faults import EnvironmentFault, with_write_retries
-from petseg.beam.io import ERRORS_TAG, error_output, join_path, overlay_relative_path
+from petseg.beam.io import error_output, join_path, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
-from petseg.beam.threaded import ThreadedDoFn
-from petseg.classes import CLASS_COLOURS, palette
+from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
+from petseg.drawing import CLASS_COLOURS, encode_overlay, palette
 
-OVERLAY_OPACITY = 0.5
-OVERLAY_QUALITY = 90
 TEMP_MARKER = ".tmp-"
-# A mask is mostly long runs of one class. zlib's run-length strategy looks for
-# nothing else, so on masks it is both faster and smaller than its default
-# strategy at level 1 (an Oxford trimap: 0.43 against 0.47 ms, 3.8 against
-# 5.6 KB; the default level 6 gives 3.3 KB and takes 2.5x as long).
+# A mask is mostly long runs of one class, which zlib's run-length strategy
+# packs faster and smaller than its default one; level 1 trades a little size
+# for speed (figures: docs/benchmarks.md, "What changed, and what each change
+# bought").
 PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = zlib.Z_RLE
 # The PNG text chunk keyword of a mask's provenance.
@@ -139,22 +137,6 @@ def decode_mask(data: bytes) -> tuple[np.ndarray, MaskProvenance | None]:
         text = image.text.get(PROVENANCE_KEY)
         mask = np.asarray(image)
     return mask, (MaskProvenance.from_text(text) if text is not None else None)
-
-
-def encode_overlay(
-    image: np.ndarray,
-    mask: np.ndarray,
-    colours: Sequence[tuple[int, int, int]] = CLASS_COLOURS,
-    opacity: float = OVERLAY_OPACITY,
-) -> bytes:
-    """The image with each pixel blended toward its class colour, as a JPEG."""
-    table = np.zeros((256, 3), dtype=np.float32)
-    table[: len(colours)] = np.asarray(colours, dtype=np.float32)
-    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * table[mask]
-    pixels = np.clip(np.round(blended), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="JPEG", quality=OVERLAY_QUALITY)
-    return buffer.getvalue()
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -263,21 +245,15 @@ class WriteMaskFn(ThreadedDoFn):
             self._written.inc()
 
 
-class WriteMasks(beam.PTransform):
+class WriteMasks(ThreadedStep):
     """Writes masks under ``OUT/masks/`` (and overlays under ``OUT/overlays/``).
 
     Takes the arguments of :class:`WriteMaskFn`. Returns ``(written, errors)``.
     """
 
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-        self._write = WriteMaskFn(*args, **kwargs)
-
-    def expand(self, segmentations):
-        results = segmentations | "WriteMask" >> beam.ParDo(self._write).with_outputs(
-            ERRORS_TAG, main="written"
-        )
-        return results.written, results[ERRORS_TAG]
+    fn_class = WriteMaskFn
+    fn_label = "WriteMask"
+    main_tag = "written"
 
 
 def shard_name(directory: str, prefix: str, index: int, num_shards: int) -> str:

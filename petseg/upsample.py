@@ -11,13 +11,11 @@ Both ``train.py evaluate`` and the Beam segmentation job use these
 functions, so offline scores describe exactly the masks users get.
 
 Implementation: ``tf.image.resize(method="bilinear")`` (half-pixel centres,
-the same sampling grid as Pillow's bilinear resize used on the input). It
-resizes all C channels in one call, runs on any device and, on one CPU
-core, takes about 0.75 ms for a 500 x 375 image. The argmax and the
-confidence then come from :func:`mask_and_confidence`, a NumPy pass over
-contiguous class planes (about 0.45 ms more); the same reductions in
-TensorFlow, fused with the resize in one ``tf.function``, measured 2.5 ms in
-all, and a separable bilinear pass in NumPy 1.9 ms.
+the same sampling grid as Pillow's bilinear resize used on the input)
+resizes all C channels in one call on any device, then
+:func:`mask_and_confidence` reduces contiguous class planes in NumPy: the
+fastest of the alternatives measured (figures: docs/benchmarks.md, "Where
+the targets are missed, and why").
 """
 
 from __future__ import annotations
@@ -66,7 +64,7 @@ def mask_and_confidence(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarr
 
     Equal to ``np.argmax`` / ``np.max`` over classes (ties go to the lower
     class index), but a loop over the few class planes, each first made
-    contiguous, runs about 30x faster than NumPy's reductions along a short
+    contiguous, runs many times faster than NumPy's reductions along a short
     last axis.
 
     Returns:

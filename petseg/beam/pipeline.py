@@ -1,0 +1,208 @@
+"""The segmentation job as a Beam pipeline, and running it to its summary.
+
+``build_pipeline`` adds the job's steps to a pipeline (a table of contents:
+each step is a composite transform of :mod:`petseg.beam`); ``run_job`` claims
+OUT for the run, runs the pipeline on the runner its options name, and
+returns the summary it wrote. Commands and drivers build the
+:class:`~petseg.beam.job.SegmentJob` first (:mod:`petseg.beam.command`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
+
+from petseg.beam.decode import DecodeImages
+from petseg.beam.faults import EnvironmentFault, fault_message
+from petseg.beam.inference import InferProbabilities, SavedModelHandler
+from petseg.beam.io import (
+    ERRORS_DIR,
+    MASKS_DIR,
+    STATS_DIR,
+    SUMMARY_FILE,
+    AssignMaskPaths,
+    MatchImages,
+    join_path,
+)
+from petseg.beam.job import SegmentJob
+from petseg.beam.masks import PostprocessMasks
+from petseg.beam.progress import ProgressReporter
+from petseg.beam.records import error_line
+from petseg.beam.resume import ListOutputs, PruneOutputs, ReuseMasks
+from petseg.beam.runrecord import claim_output, remove_leftovers
+from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
+from petseg.beam.write import WriteJsonLines, WriteMasks, read_json, write_json, write_summary
+
+DIRECT_RUNNERS = (
+    None,
+    "DirectRunner",
+    "direct",
+    "SwitchingDirectRunner",
+    "BundleBasedDirectRunner",
+)
+
+
+class JobFailedError(RuntimeError):
+    """The pipeline did not finish; the message is one line naming the fault."""
+
+
+def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
+    """Adds the segmentation job's steps to ``pipeline``."""
+    handler = SavedModelHandler(
+        job.model.export_dir, min_batch_size=job.min_batch_size, max_batch_size=job.max_batch_size
+    )
+    # Each threaded step holds up to two batches, so the next batch is decoded
+    # and the last one written while the model runs.
+    in_flight = 2 * job.max_batch_size
+    sources = pipeline | "MatchImages" >> MatchImages(job.inputs, job.extensions)
+    committed_outputs = pipeline | "ListOutputs" >> ListOutputs(job.output)
+    new_sources, path_errors, committed, stale = (
+        sources,
+        committed_outputs,
+    ) | "AssignMaskPaths" >> AssignMaskPaths()
+    pruned = stale | "PruneOutputs" >> PruneOutputs()
+    reused_records, changed_sources = committed | "ReuseMasks" >> ReuseMasks(
+        job.output,
+        job.model.class_names,
+        job.model.model_id,
+        job.max_batch_size,
+        threads=job.threads,
+        max_in_flight=in_flight,
+    )
+    model_inputs, decode_errors = (
+        (new_sources, changed_sources)
+        | "FlattenSourcesToSegment" >> beam.Flatten()
+        | "ReshuffleImages" >> beam.Reshuffle()
+        | "DecodeImages"
+        >> DecodeImages(
+            job.model.image_size,
+            job.max_pixels,
+            job.max_file_bytes,
+            keep_original=job.overlays,
+            threads=job.threads,
+            max_in_flight=in_flight,
+        )
+    )
+    predictions = model_inputs | "RunInference" >> InferProbabilities(handler)
+    segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks(
+        job.threads, in_flight
+    )
+    written, write_errors = segmentations | "WriteMasks" >> WriteMasks(
+        job.output,
+        model_id=job.model.model_id,
+        batch_size=job.max_batch_size,
+        overlays=job.overlays,
+        threads=job.threads,
+        max_in_flight=in_flight,
+    )
+    new_records = written | "ComputeImageStats" >> beam.ParDo(
+        ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, in_flight)
+    )
+    records = (reused_records, new_records) | "FlattenRecords" >> beam.Flatten()
+    errors = (
+        (path_errors, decode_errors, postprocess_errors, write_errors)
+        | "FlattenErrors" >> beam.Flatten()
+        | "CountErrors" >> beam.ParDo(CountErrorsFn())
+    )
+
+    _ = (
+        records
+        | "FormatStats" >> beam.Map(stats_line)
+        | "WriteStats" >> WriteJsonLines(join_path(job.output, STATS_DIR), "stats", job.num_shards)
+    )
+    _ = (
+        errors
+        | "FormatErrors" >> beam.Map(error_line)
+        | "WriteErrors"
+        >> WriteJsonLines(join_path(job.output, ERRORS_DIR), "errors", job.num_shards)
+    )
+    summary_path = join_path(job.output, SUMMARY_FILE)
+    _ = (
+        (sources, records, errors, reused_records, pruned)
+        | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
+        | "WriteSummary" >> beam.Map(write_summary, summary_path)
+    )
+
+
+def _run_pipeline(pipeline: beam.Pipeline) -> None:
+    """Runs ``pipeline`` to the end.
+
+    Raises:
+      JobFailedError: an environment fault persisted, or the runner reports
+        the job did not finish.
+    """
+    try:
+        state = pipeline.run().wait_until_finish()
+    except Exception as error:
+        message = fault_message(error)
+        if message is None:
+            raise  # Not the environment: a defect, whose traceback is worth having.
+        raise JobFailedError(message) from error
+    if state not in (None, PipelineState.DONE):
+        raise JobFailedError(f"the pipeline ended in state {state}")
+
+
+def run_job(
+    job: SegmentJob,
+    beam_args: list[str],
+    *,
+    overwrite: bool = False,
+    progress_interval: float = 0.0,
+    save_main_session: bool = False,
+) -> dict[str, Any]:
+    """Claims OUT for ``job``, runs it, and returns its summary (as in ``OUT/summary.json``).
+
+    Args:
+      job: the checked job (:func:`petseg.beam.job.prepare_job`).
+      beam_args: Beam's flags, for ``PipelineOptions``.
+      overwrite: replace another run's outputs in OUT instead of refusing them.
+      progress_interval: seconds between progress lines on the DirectRunner (0: none).
+      save_main_session: Beam's option; the job's code lives in ``petseg``,
+        which workers import, so it can stay off.
+
+    Raises:
+      SegmentConfigError: OUT holds another run; nothing has run.
+      JobFailedError: a fault of the environment (storage, the model's
+        loading) persisted through the runner's retries, or the job was
+        cancelled; rerunning the same command resumes.
+    """
+    try:
+        claim_output(job, overwrite=overwrite)
+    except EnvironmentFault as error:
+        raise JobFailedError(fault_message(error) or str(error)) from error
+    options = PipelineOptions(beam_args)
+    options.view_as(SetupOptions).save_main_session = save_main_session
+    runner = options.view_as(StandardOptions).runner
+
+    pipeline = beam.Pipeline(options=options)
+    build_pipeline(pipeline, job)
+    started = time.monotonic()
+    if runner in DIRECT_RUNNERS and progress_interval > 0:
+        with ProgressReporter(join_path(job.output, MASKS_DIR), job.matched, progress_interval):
+            _run_pipeline(pipeline)
+    else:
+        _run_pipeline(pipeline)
+    wall_time_s = time.monotonic() - started
+    try:
+        return _finish(job, wall_time_s)
+    except EnvironmentFault as error:
+        raise JobFailedError(fault_message(error) or str(error)) from error
+
+
+def _finish(job: SegmentJob, wall_time_s: float) -> dict[str, Any]:
+    """Adds the driver's figures to the summary and clears what the run left behind."""
+    # Timing lives only in summary.json: statistics and masks stay byte-identical on reruns.
+    summary_path = join_path(job.output, SUMMARY_FILE)
+    summary = read_json(summary_path)
+    summary["inputs"] = [spec.pattern for spec in job.inputs]
+    summary["wall_time_s"] = round(wall_time_s, 3)
+    summary["images_per_second"] = (
+        round(summary["matched"] / wall_time_s, 3) if wall_time_s else 0.0
+    )
+    write_json(summary_path, summary)
+    remove_leftovers(job, pruned=summary["masks_pruned"] > 0)
+    return summary

@@ -1,0 +1,57 @@
+"""The training command (``train.py``, ``petseg-train``, ``petseg train``): flags -> config -> training.
+
+Every flag is a field of :class:`~petseg.config.TrainConfig`; TensorFlow is
+loaded only once the flags are good, so ``--help`` and a typo answer at once.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from petseg.config import ConfigError, TrainConfig
+from petseg.flags import StrictArgumentParser, add_config_flags, config_values, unknown_message
+
+PROG = "train.py"
+
+
+def build_parser(prog: str = PROG) -> StrictArgumentParser:
+    """Every field of ``TrainConfig`` as a flag, and ``--workdir``."""
+    parser = StrictArgumentParser(
+        prog=prog,
+        description="Train the MobileNetV2 U-Net (MirroredStrategy over all visible GPUs) and "
+        "export it to WORKDIR/export. 'train.py evaluate --help' scores an export.",
+    )
+    add_config_flags(parser, TrainConfig)
+    parser.add_argument(
+        "--workdir",
+        default="runs/train",
+        help="outputs: checkpoints, backup (resume), logs, plots, export (default: %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
+    """``train.py`` and ``petseg train``: trains and exports; ``... evaluate`` scores an export.
+
+    Returns:
+      The exit status: 0 exported, 2 a bad flag, configuration or data.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluate"]:
+        from petseg.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:], prog=f"{prog} evaluate")
+    parser = build_parser(prog)
+    if argv and not argv[0].startswith("-"):
+        # Training takes no positional argument: a leading word is a mistyped command.
+        parser.error(unknown_message("command", argv[0], ["evaluate"]))
+    args = parser.parse_args(argv)
+    try:
+        config = TrainConfig(**config_values(TrainConfig, args))
+    except ConfigError as error:
+        parser.error(str(error))
+
+    from petseg.training import run_training
+
+    return run_training(config, args.workdir, prog=prog)
