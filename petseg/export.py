@@ -60,10 +60,8 @@ def serving_signature(image_size: int) -> list[tf.TensorSpec]:
     return [tf.TensorSpec([None, image_size, image_size, 3], tf.uint8, name="images")]
 
 
-def _serve_python(model: keras.Model, flip_tta: bool):
-    # The body of ``serving_default``, before tracing.
-    network = fold_batch_norm(model)
-
+def _serve_python(network: keras.Model, flip_tta: bool):
+    # The body of ``serving_default``, before tracing; ``network`` is already folded.
     def probabilities_of(images):
         logits = network(images, training=False)
         return tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
@@ -81,7 +79,7 @@ def _serve_python(model: keras.Model, flip_tta: bool):
 
 
 def serving_function(
-    model: keras.Model, image_size: int, flip_tta: bool = False
+    model: keras.Model, image_size: int, flip_tta: bool = False, folded: bool = False
 ) -> tf.types.experimental.PolymorphicFunction:
     """The ``serving_default`` function of the contract, wrapping ``model``.
 
@@ -93,9 +91,11 @@ def serving_function(
       image_size: the signature's side S.
       flip_tta: average the probabilities of each image and of its mirror
         image (test-time augmentation; twice the compute, sharper borders).
+      folded: ``model`` is already :func:`~petseg.folding.fold_batch_norm`'s output.
     """
+    network = model if folded else fold_batch_norm(model)
     return tf.function(
-        _serve_python(model, flip_tta),
+        _serve_python(network, flip_tta),
         input_signature=serving_signature(image_size),
         autograph=False,
     )
@@ -128,7 +128,11 @@ def staged_directory(path: str, prefix: str) -> Iterator[str]:
 
 
 def export_model(
-    model: keras.Model, export_dir: str, metadata: dict[str, Any], flip_tta: bool = False
+    model: keras.Model,
+    export_dir: str,
+    metadata: dict[str, Any],
+    flip_tta: bool = False,
+    network: keras.Model | None = None,
 ) -> str:
     """Writes the SavedModel, ``model.keras`` and ``petseg.json`` to ``export_dir``.
 
@@ -144,6 +148,8 @@ def export_model(
       export_dir: destination folder (replaced if it exists).
       metadata: extra ``petseg.json`` fields (class names, config, metrics...).
       flip_tta: serve the average of each image's and its mirror's probabilities.
+      network: ``model`` folded already (:func:`~petseg.folding.fold_batch_norm`),
+        when the caller has it; otherwise it is folded here.
 
     Returns:
       ``export_dir``.
@@ -161,7 +167,7 @@ def export_model(
         archive = keras.export.ExportArchive()
         archive.add_endpoint(
             SIGNATURE,
-            _serve_python(model, flip_tta),
+            _serve_python(network if network is not None else fold_batch_norm(model), flip_tta),
             input_signature=serving_signature(image_size),
         )
         archive.write_out(staging, verbose=False)

@@ -52,6 +52,19 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     except ConfigError as error:
         parser.error(str(error))
 
-    from petseg.training import run_training
+    import logging
 
-    return run_training(config, args.workdir, prog=prog)
+    from petseg.data import DataSourceError
+    from petseg.export import ExportError
+    from petseg.model import EncoderWeightsError
+    from petseg.training import train_and_evaluate
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        result = train_and_evaluate(config, args.workdir)
+    except (ConfigError, DataSourceError, EncoderWeightsError, ExportError) as error:
+        # A user mistake: one line, no traceback, argparse's exit status.
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(f"exported {result.model_id} to {result.export_dir}")
+    return 0

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from petseg.callbacks import (
     training_callbacks,
 )
 from petseg.classes import CLASS_NAMES, NUM_CLASSES
-from petseg.config import ConfigError, TrainConfig
+from petseg.config import TrainConfig
 from petseg.data import AugmentConfig, eval_batches, train_batches
 from petseg.distribute import (
     compute_policy_name,
@@ -52,6 +51,7 @@ from petseg.distribute import (
 )
 from petseg.evaluate import evaluate_examples, serving_predictor
 from petseg.export import export_model, serving_function
+from petseg.folding import fold_batch_norm
 from petseg.inputs import Datasets, load_datasets
 from petseg.metrics import (
     confusion_matrix,
@@ -179,6 +179,28 @@ def _fit_phase(
         )
 
 
+@dataclass
+class _Run:
+    """What the steps of one training run share (see :func:`train_and_evaluate`)."""
+
+    config: TrainConfig
+    paths: Workdir
+    strategy: tf.distribute.Strategy
+    batch_size: int
+    data: Datasets
+    steps_per_epoch: int
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    panel: tuple[Any, Any]
+    resumed_epochs: int
+    previous_history: dict[str, list[float]]
+    policy: str
+
+    @property
+    def replicas(self) -> int:
+        return self.strategy.num_replicas_in_sync
+
+
 def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
     """Trains, evaluates and exports a U-Net as ``config`` says, with outputs in ``workdir``.
 
@@ -196,10 +218,37 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
       EncoderWeightsError: the encoder's weights cannot be had.
     """
     started = time.perf_counter()
+    run = _prepare(config, workdir)
+    with precision_policy(run.policy):
+        model = _build_model(run)
+        _train(model, run)
+        serving_model = _serving_model(model, run)
+        # Folded once, for the final evaluation and the export alike.
+        network = fold_batch_norm(serving_model)
+        evaluation, history = _evaluate(network, model, run)
+        model_id = _export(serving_model, network, evaluation, run)
+    # Only now is the run complete: a kill before this line resumes, after it restarts.
+    shutil.rmtree(run.paths.backup, ignore_errors=True)
+    logger.info(
+        "exported %s to %s in %.0f s", model_id, run.paths.export, time.perf_counter() - started
+    )
+    return TrainingResult(
+        metrics=evaluation,
+        history=history,
+        export_dir=run.paths.export,
+        model_id=model_id,
+        num_replicas=run.replicas,
+        global_batch_size=run.batch_size,
+        steps_per_epoch=run.steps_per_epoch,
+        resumed_from_epoch=run.resumed_epochs,
+    )
+
+
+def _prepare(config: TrainConfig, workdir: str) -> _Run:
+    """The workdir, the strategy, the data and what a resumed run already did."""
     paths = Workdir(workdir)
     paths.make()
     keras.utils.set_random_seed(config.seed)
-
     strategy = make_strategy(config.gpus)
     replicas = strategy.num_replicas_in_sync
     batch_size = global_batch_size(replicas, config.batch_size, config.global_batch_size)
@@ -210,7 +259,6 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
         batch_size,
         batch_size // replicas,
     )
-
     data = load_datasets(config)
     steps_per_epoch = config.steps_per_epoch or max(1, data.num_train // batch_size)
     logger.info(
@@ -225,8 +273,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
         data.train, batch_size, augment, config.shuffle_buffer, config.class_weights, config.seed
     )
     validation = eval_batches(data.eval, batch_size)
-    panel_images, panel_masks = data.panel(config.plot_examples)
-
+    panel = data.panel(config.plot_examples)
     if not tensorboard_available():
         logger.warning(
             "tensorboard is not installed: no %s (pip install tensorboard)", paths.tensorboard
@@ -236,157 +283,152 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
         logger.info("resuming from %s: %d epoch(s) already finished", paths.backup, done)
     elif os.path.exists(paths.backup):
         shutil.rmtree(paths.backup)
-    previous = read_history(paths.history_csv, before_epoch=done) if done else {}
-
-    policy = compute_policy_name(config.mixed_precision, uses_gpu(strategy))
-    with precision_policy(policy):
-        with strategy.scope():
-            model = build_unet(
-                config.image_size,
-                NUM_CLASSES,
-                config.alpha,
-                config.encoder_weights,
-                trainable_encoder=False,
-                dropout=config.dropout,
-            )
-            compile_model(model, config, config.learning_rate, config.epochs * steps_per_epoch)
-        logger.info("model %s: %d parameters, policy %s", model.name, model.count_params(), policy)
-        panel = (
-            PredictionPanel(panel_images, panel_masks, paths.plots) if len(panel_images) else None
-        )
-
-        def callbacks(phase: str) -> list[keras.callbacks.Callback]:
-            history = read_history(paths.history_csv)
-            # Only a fresh run starts a new CSV; resumes and the second phase append.
-            append = bool(done) or phase == "fine-tune"
-            return training_callbacks(
-                paths,
-                config.total_epochs,
-                phase,
-                append,
-                best_so_far(history) if append else None,
-                panel,
-            )
-
-        # Skip the frozen phase only when a resume is past it and fine-tuning
-        # will restore the weights; otherwise its fit restores them (or trains).
-        if done < config.epochs or not config.fine_tune_epochs:
-            _fit_phase(
-                model,
-                train,
-                validation,
-                steps_per_epoch,
-                config.validation_freq,
-                0,
-                config.epochs,
-                callbacks("frozen"),
-            )
-        if config.fine_tune_epochs:
-            with strategy.scope():
-                set_encoder_trainable(model, True, config.fine_tune_from)
-                compile_model(
-                    model,
-                    config,
-                    config.fine_tune_learning_rate,
-                    config.fine_tune_epochs * steps_per_epoch,
-                )
-            with warnings.catch_warnings():
-                # Restoring the frozen phase's backup into the new optimizer skips
-                # the old optimizer's slots on purpose: fine-tuning starts Adam afresh.
-                warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-                _fit_phase(
-                    model,
-                    train,
-                    validation,
-                    steps_per_epoch,
-                    config.validation_freq,
-                    config.epochs,
-                    config.total_epochs,
-                    callbacks("fine-tune"),
-                )
-
-        serving_model = model
-        if policy != "float32" or config.serving_size != config.image_size:
-            # Served in float32 whatever precision trained the weights, so a
-            # worker's masks depend neither on that nor on its hardware.
-            with precision_policy("float32"):
-                serving_model = resize_unet(
-                    model, config.serving_size, config.alpha, config.dropout
-                )
-        serve = serving_function(serving_model, config.serving_size, config.tta_flip)
-        matrix, resolution = final_evaluation(serve, model, config, data, batch_size)
-        metrics = metrics_from_confusion(matrix, CLASS_NAMES)
-        logger.info("final evaluation (%s resolution): %s", resolution, format_metrics(metrics))
-        history = read_history(paths.history_csv) or previous
-        save_curves(
-            history,
-            os.path.join(paths.plots, "curves.png"),
-            config.epochs + 1 if config.fine_tune_epochs else 0,
-        )
-        save_confusion_matrix(
-            matrix,
-            os.path.join(paths.plots, "confusion_matrix.png"),
-            CLASS_NAMES,
-            f"{data.eval_split} split, {resolution} resolution",
-        )
-        model_id = _model_id(config)
-        evaluation = {**metrics, "split": data.eval_split, "resolution": resolution}
-        export_model(
-            serving_model,
-            paths.export,
-            {
-                "model_id": model_id,
-                "class_names": list(CLASS_NAMES),
-                "image_size": config.serving_size,
-                "trained_image_size": config.image_size,
-                "encoder": ENCODER,
-                "alpha": config.alpha,
-                "config": config.to_dict(),
-                "metrics": evaluation,
-                "training": {
-                    "replicas": replicas,
-                    "global_batch_size": batch_size,
-                    "steps_per_epoch": steps_per_epoch,
-                    "epochs": config.total_epochs,
-                    "precision": policy,
-                    "data": data.description,
-                },
-            },
-            flip_tta=config.tta_flip,
-        )
-    # Only now is the run complete: a kill before this line resumes, after it restarts.
-    shutil.rmtree(paths.backup, ignore_errors=True)
-    logger.info(
-        "exported %s to %s in %.0f s", model_id, paths.export, time.perf_counter() - started
-    )
-    return TrainingResult(
-        metrics=evaluation,
-        history=history,
-        export_dir=paths.export,
-        model_id=model_id,
-        num_replicas=replicas,
-        global_batch_size=batch_size,
+    return _Run(
+        config=config,
+        paths=paths,
+        strategy=strategy,
+        batch_size=batch_size,
+        data=data,
         steps_per_epoch=steps_per_epoch,
-        resumed_from_epoch=done,
+        train=train,
+        validation=validation,
+        panel=panel,
+        resumed_epochs=done,
+        previous_history=read_history(paths.history_csv, before_epoch=done) if done else {},
+        policy=compute_policy_name(config.mixed_precision, uses_gpu(strategy)),
     )
 
 
-def run_training(config: TrainConfig, workdir: str, prog: str = "petseg train") -> int:
-    """Trains and exports as a command does: logs to stderr, one line for a user's mistake.
+def _build_model(run: _Run) -> keras.Model:
+    """The U-Net with its encoder frozen, built and compiled in the strategy's scope."""
+    config = run.config
+    with run.strategy.scope():
+        model = build_unet(
+            config.image_size,
+            NUM_CLASSES,
+            config.alpha,
+            config.encoder_weights,
+            trainable_encoder=False,
+            dropout=config.dropout,
+        )
+        compile_model(model, config, config.learning_rate, config.epochs * run.steps_per_epoch)
+    logger.info("model %s: %d parameters, policy %s", model.name, model.count_params(), run.policy)
+    return model
 
-    Returns:
-      The command's exit status: 0 exported, 2 a bad configuration or data.
-    """
-    from petseg.data import DataSourceError
-    from petseg.export import ExportError
-    from petseg.model import EncoderWeightsError
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        result = train_and_evaluate(config, workdir)
-    except (ConfigError, DataSourceError, EncoderWeightsError, ExportError) as error:
-        # A user mistake: one line, no traceback, argparse's exit status.
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    print(f"exported {result.model_id} to {result.export_dir}")
-    return 0
+def _train(model: keras.Model, run: _Run) -> None:
+    """The frozen phase, then fine-tuning, each skipped where a resumed run is past it."""
+    config, paths = run.config, run.paths
+    panel_images, panel_masks = run.panel
+    panel = PredictionPanel(panel_images, panel_masks, paths.plots) if len(panel_images) else None
+
+    def callbacks(phase: str) -> list[keras.callbacks.Callback]:
+        history = read_history(paths.history_csv)
+        # Only a fresh run starts a new CSV; resumes and the second phase append.
+        append = bool(run.resumed_epochs) or phase == "fine-tune"
+        return training_callbacks(
+            paths,
+            config.total_epochs,
+            phase,
+            append,
+            best_so_far(history) if append else None,
+            panel,
+        )
+
+    def fit(first_epoch: int, last_epoch: int, phase: str) -> None:
+        _fit_phase(
+            model,
+            run.train,
+            run.validation,
+            run.steps_per_epoch,
+            config.validation_freq,
+            first_epoch,
+            last_epoch,
+            callbacks(phase),
+        )
+
+    # Skip the frozen phase only when a resume is past it and fine-tuning
+    # will restore the weights; otherwise its fit restores them (or trains).
+    if run.resumed_epochs < config.epochs or not config.fine_tune_epochs:
+        fit(0, config.epochs, "frozen")
+    if not config.fine_tune_epochs:
+        return
+    with run.strategy.scope():
+        set_encoder_trainable(model, True, config.fine_tune_from)
+        compile_model(
+            model,
+            config,
+            config.fine_tune_learning_rate,
+            config.fine_tune_epochs * run.steps_per_epoch,
+        )
+    with warnings.catch_warnings():
+        # Restoring the frozen phase's backup into the new optimizer skips
+        # the old optimizer's slots on purpose: fine-tuning starts Adam afresh.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        fit(config.epochs, config.total_epochs, "fine-tune")
+
+
+def _serving_model(model: keras.Model, run: _Run) -> keras.Model:
+    """The trained network as the export serves it: float32, at the serving size."""
+    config = run.config
+    serving_model = model
+    if run.policy != "float32" or config.serving_size != config.image_size:
+        # Served in float32 whatever precision trained the weights, so a
+        # worker's masks depend neither on that nor on its hardware.
+        with precision_policy("float32"):
+            serving_model = resize_unet(model, config.serving_size, config.alpha, config.dropout)
+    return serving_model
+
+
+def _evaluate(
+    network: keras.Model, model: keras.Model, run: _Run
+) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """The final evaluation (what the export will score) and the run's history, with plots."""
+    config, paths, data = run.config, run.paths, run.data
+    serve = serving_function(network, config.serving_size, config.tta_flip, folded=True)
+    matrix, resolution = final_evaluation(serve, model, config, data, run.batch_size)
+    metrics = metrics_from_confusion(matrix, CLASS_NAMES)
+    logger.info("final evaluation (%s resolution): %s", resolution, format_metrics(metrics))
+    history = read_history(paths.history_csv) or run.previous_history
+    save_curves(
+        history,
+        os.path.join(paths.plots, "curves.png"),
+        config.epochs + 1 if config.fine_tune_epochs else 0,
+    )
+    save_confusion_matrix(
+        matrix,
+        os.path.join(paths.plots, "confusion_matrix.png"),
+        CLASS_NAMES,
+        f"{data.eval_split} split, {resolution} resolution",
+    )
+    return {**metrics, "split": data.eval_split, "resolution": resolution}, history
+
+
+def _export(
+    serving_model: keras.Model, network: keras.Model, evaluation: dict[str, Any], run: _Run
+) -> str:
+    """Exports ``network`` to serve and ``serving_model`` to train on; returns the model's id."""
+    config = run.config
+    model_id = _model_id(config)
+    metadata = {
+        "model_id": model_id,
+        "class_names": list(CLASS_NAMES),
+        "image_size": config.serving_size,
+        "trained_image_size": config.image_size,
+        "encoder": ENCODER,
+        "alpha": config.alpha,
+        "config": config.to_dict(),
+        "metrics": evaluation,
+        "training": {
+            "replicas": run.replicas,
+            "global_batch_size": run.batch_size,
+            "steps_per_epoch": run.steps_per_epoch,
+            "epochs": config.total_epochs,
+            "precision": run.policy,
+            "data": run.data.description,
+        },
+    }
+    export_model(
+        serving_model, run.paths.export, metadata, flip_tta=config.tta_flip, network=network
+    )
+    return model_id
