@@ -39,14 +39,31 @@ FOLDABLE_CONVOLUTIONS = (
 
 
 class FoldedBatchNormalization(keras.layers.Layer):
-    """Where a folded batch normalization stood: its convolution now does its work."""
+    """Where a folded batch normalization stood: its convolution now does its work.
+
+    Not ``keras.layers.Identity``: the clone calls it as the batch
+    normalization was called, ``mask`` and ``training`` included.
+    """
 
     def call(self, inputs, training=None, mask=None):
         return inputs
 
 
-def _tensor_ids(tensors) -> list[int]:
-    return [id(tensor) for tensor in keras.tree.flatten(tensors)]
+def _tensors_read(structure) -> list[tuple[str, int]]:
+    """Every tensor a serialized call reads, as ``(producing layer, output index)``.
+
+    Node indices are left out: within one model's config each layer has one
+    node here (see :func:`_foldable_pairs`), and a nested model's indices are
+    renumbered differently in ``inbound_nodes`` and ``output_layers``.
+    """
+    if isinstance(structure, dict):
+        history = structure.get("config", {}).get("keras_history")
+        if structure.get("class_name") == "__keras_tensor__" and history:
+            return [(history[0], int(history[2]))]
+        return [tensor for value in structure.values() for tensor in _tensors_read(value)]
+    if isinstance(structure, (list, tuple)):
+        return [tensor for value in structure for tensor in _tensors_read(value)]
+    return []
 
 
 def _foldable_convolution(layer) -> bool:
@@ -60,34 +77,38 @@ def _foldable_convolution(layer) -> bool:
 
 
 def _foldable_pairs(model: keras.Model) -> dict[str, keras.layers.BatchNormalization]:
-    """Convolution name -> the batch normalization that alone reads its output."""
-    readers: dict[int, int] = {}
-    for tensor in _tensor_ids(model.outputs):
-        readers[tensor] = readers.get(tensor, 0) + 1
-    producers, sources = {}, {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if len(layer._inbound_nodes) != 1:
-            # A layer called more than once (or never): its tensors are ambiguous.
+    """Convolution name -> the batch normalization that alone reads its output.
+
+    The graph is read from the model's public, serialized config: each
+    layer's ``inbound_nodes`` name the tensors it reads, ``output_layers``
+    the ones the model returns.
+    """
+    config = model.get_config()
+    readers: dict[tuple[str, int], int] = {}
+    sources: dict[str, list[tuple[str, int]]] = {}
+    outputs = config["output_layers"]
+    # A model with one output lists it alone, not in a list of one.
+    for name, _, index in [outputs] if isinstance(outputs[0], str) else outputs:
+        readers[(name, index)] = readers.get((name, index), 0) + 1
+    for entry in config["layers"]:
+        if not entry["inbound_nodes"]:
+            continue  # An input.
+        if len(entry["inbound_nodes"]) != 1:
+            # A layer called more than once: its tensors are ambiguous.
             return {}
-        # The node's own tensors: a nested model's ``input`` and ``output``
-        # would give the tensors inside it, not the ones it reads here.
-        node = layer._inbound_nodes[0]
-        sources[layer.name] = _tensor_ids(node.input_tensors)
-        for tensor in sources[layer.name]:
+        sources[entry["name"]] = _tensors_read(entry["inbound_nodes"][0])
+        for tensor in sources[entry["name"]]:
             readers[tensor] = readers.get(tensor, 0) + 1
-        for tensor in _tensor_ids(node.output_tensors):
-            producers[tensor] = layer
     pairs = {}
     for layer in model.layers:
         if type(layer) not in FOLDABLE_BATCH_NORMS or layer.renorm:
             continue
-        source = sources[layer.name]
+        source = sources.get(layer.name, [])
         if len(source) != 1 or layer.axis not in (-1, len(layer.input.shape) - 1):
             continue
-        convolution = producers.get(source[0])
-        if _foldable_convolution(convolution) and readers[source[0]] == 1:
+        producer, index = source[0]
+        convolution = model.get_layer(producer)
+        if index == 0 and _foldable_convolution(convolution) and readers[source[0]] == 1:
             pairs[convolution.name] = layer
     return pairs
 

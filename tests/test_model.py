@@ -1,5 +1,10 @@
 """The U-Net: shapes, parameter counts, encoder freezing, weights, and save/reload."""
 
+import ast
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -94,16 +99,34 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
         unet.build_unet(64, alpha=0.35, encoder_weights=str(tmp_path / "nope.h5"))
 
 
-def test_offline_imagenet_names_the_local_option(monkeypatch):
-    from keras.src.applications import mobilenet_v2
-
-    def offline(*args, **kwargs):
-        raise Exception("URL fetch failure: no network")
-
-    monkeypatch.setattr(mobilenet_v2.file_utils, "get_file", offline)
-    with pytest.raises(unet.EncoderWeightsError, match="--encoder-weights PATH") as raised:
-        unet.build_unet(64, alpha=0.35, encoder_weights="imagenet")
-    assert "\n" not in str(raised.value)
+def test_offline_imagenet_names_the_local_option(tmp_path):
+    # Offline for real: an empty Keras cache and every download sent to a closed port.
+    closed = "http://127.0.0.1:9"
+    environment = {
+        **os.environ,
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "HTTPS_PROXY": closed,
+        "https_proxy": closed,
+        "HTTP_PROXY": closed,
+        "http_proxy": closed,
+    }
+    script = (
+        "import petseg.model as unet\n"
+        "try:\n"
+        "    unet.build_unet(64, alpha=0.35, encoder_weights='imagenet')\n"
+        "except unet.EncoderWeightsError as error:\n"
+        "    print(repr(str(error)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+        check=True,
+    )
+    message = ast.literal_eval(result.stdout.strip().splitlines()[-1])
+    assert "--encoder-weights PATH" in message and "\n" not in message
 
 
 @pytest.mark.parametrize(
