@@ -1,85 +1,122 @@
-"""What every benchmark needs: inputs generated alike, a model, medians, peak memory."""
+"""What the benchmarks share: generated photos, the bench model, fresh folders, results files."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import datetime
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 # The median Oxford-IIIT Pet image is 500 x 375.
 OXFORD_MEDIAN_SIZE = (500, 375)
-# make bench's segmentation model.
-BENCH_IMAGE_SIZE = 128
-BENCH_ALPHA = 1.0
+WORKDIR = os.path.join("runs", "bench")
+RESULTS_DIR = os.path.join("benchmarks", "results")
 
 
-def median(values: list[float]) -> float:
-    return float(statistics.median(values))
+@dataclass(frozen=True)
+class Sizes:
+    """What a benchmark run measures on."""
+
+    images: int = 1000  # N, the JPEGs the job segments (its memory also at 5N)
+    repeats: int = 3  # rounds of every throughput measurement, reported as medians
+    image_size: int = 128  # the segmentation model's side
+    alpha: float = 1.0  # the MobileNetV2 width of every model
+    batch_size: int = 32  # the job's and the model limit's inference batch
+    train_size: int = 128  # the training benchmark's image side
+    warmup_steps: int = 5  # training steps before the timed ones
+    train_steps: int = 10  # training steps timed
+    accuracy_epochs: int = 20  # each recipe's epochs before comparing accuracy (0: none)
 
 
-def timed(function: Callable[[], object]) -> float:
-    """Seconds one call of ``function`` takes."""
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
+# Every measurement once on tiny sizes: checks that all of it runs.
+QUICK = Sizes(16, 1, 64, 0.35, 8, 64, 1, 2, 0)
 
 
-def write_jpegs(folder: str, count: int, size: tuple[int, int] = OXFORD_MEDIAN_SIZE) -> list[str]:
-    """``count`` photo-like JPEGs (smooth shapes plus grain), deterministic, in ``folder``."""
-    from petseg.data import synthetic_example
+def parse_args(argv: list[str] | None, prog: str, results: str, **switches: str):
+    """A benchmark command's flags: ``--out`` (the folder for ``results``.json and .md),
+    ``--workdir``, ``--quick`` and each of ``switches`` (name: help), and ``sizes``, the
+    :class:`Sizes` that ``--quick`` chooses."""
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}", allow_abbrev=False)
+    parser.add_argument("--out", default=RESULTS_DIR, help=f"folder for {results}.json and .md")
+    parser.add_argument("--workdir", default=WORKDIR, help="photos, models and jobs' outputs")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round")
+    for name, text in switches.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=text)
+    args = parser.parse_args(argv)
+    args.sizes = QUICK if args.quick else Sizes()
+    return args
 
-    os.makedirs(folder, exist_ok=True)
-    width, height = size
-    paths = []
-    for index in range(count):
-        path = os.path.join(folder, f"photo_{index:06d}.jpg")
-        paths.append(path)
-        if os.path.exists(path):
-            continue
-        image, _ = synthetic_example(index, 256, seed=11)
-        photo = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
-        grain = np.random.default_rng(index).normal(0, 6, (height, width, 3))
-        pixels = np.clip(np.asarray(photo, np.float32) + grain, 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(path, quality=90)
-    return paths
+
+def medians(runs: list[dict[str, float]]) -> dict:
+    """Each figure's median over ``runs`` (dicts of the same keys), and the runs themselves."""
+    return {**{key: statistics.median(run[key] for run in runs) for key in runs[0]}, "runs": runs}
+
+
+def rate(step: Callable[[], object], items: int, calls: int) -> dict[str, float]:
+    """Images/s and CPU ms per image of ``calls`` calls of ``step``, each on ``items``
+    images, after one untimed call (which traces and warms up)."""
+    step()
+    started, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        step()
+    count = items * calls
+    return {
+        "images_per_second": count / (time.perf_counter() - started),
+        "cpu_ms_per_image": 1000 * (time.process_time() - cpu) / count,
+    }
 
 
 def bench_jpegs(workdir: str, count: int) -> tuple[str, list[str]]:
-    """The folder ``workdir/jpegs-<count>`` of :func:`write_jpegs`, and its paths."""
+    """The folder ``workdir/jpegs-<count>`` of photo-like 500 x 375 JPEGs, and their paths.
+
+    Each photo is a synthetic pet with grain, the same for the same index;
+    files already there are kept.
+    """
+    from petseg.data import synthetic_example
+
     folder = os.path.join(workdir, f"jpegs-{count}")
-    return folder, write_jpegs(folder, count)
+    os.makedirs(folder, exist_ok=True)
+    width, height = OXFORD_MEDIAN_SIZE
+    paths = [os.path.join(folder, f"photo_{index:06d}.jpg") for index in range(count)]
+    for index, path in enumerate(paths):
+        if not os.path.exists(path):
+            image, _ = synthetic_example(index, 256, seed=11)
+            photo = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
+            grain = np.random.default_rng(index).normal(0, 6, (height, width, 3))
+            pixels = np.clip(np.asarray(photo, np.float32) + grain, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(path, quality=90)
+    return folder, paths
 
 
-def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
-    """A U-Net of the asked size, exported by train.py's code to ``workdir/model-<size>-<alpha>``
-    (once; later calls reuse it), giving masks of the real kind.
+def export_bench_model(workdir: str, sizes: Sizes) -> str:
+    """The folder ``workdir/model-<size>-<alpha>`` of ``sizes``' segmentation model,
+    exported by ``petseg.training.train_and_evaluate`` if absent.
 
-    Throughput does not depend on the weights, but the masks' PNG encoding
-    does: an untrained model gives per-pixel noise, several times slower to
-    encode than the smooth regions of a trained model's masks, and a model
-    trained from random init on a few images predicts background everywhere,
-    which encodes in no time. So with the ImageNet encoder weights at hand
-    (``PETSEG_ENCODER_WEIGHTS``, alpha 1.0) the model trains for 32 steps on
-    synthetic pets, like the benchmark's JPEGs; without them it gets one step
-    from random init, and ``petseg.json`` says so (``bench_model``).
+    With the ImageNet encoder weights (``PETSEG_ENCODER_WEIGHTS``) and alpha
+    1.0 the model trains 32 steps on synthetic pets; otherwise one step from
+    random init. ``petseg.json``'s ``bench_model`` says which.
     """
     from petseg.beam.write import write_json
     from petseg.config import TrainConfig
     from petseg.export import METADATA_FILE, read_model_info
     from petseg.training import train_and_evaluate
 
+    image_size, alpha = sizes.image_size, sizes.alpha
     export_dir = os.path.join(workdir, f"model-{image_size}-{alpha}")
     if os.path.exists(os.path.join(export_dir, METADATA_FILE)):
-        # An export from before serving folded its batch normalizations loads slower.
+        # Exports from before serving folded its batch normalizations are made again.
         if read_model_info(export_dir).metadata.get("batch_norm_folded"):
             return export_dir
         shutil.rmtree(export_dir)
@@ -87,7 +124,6 @@ def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
     trained = alpha == 1.0 and os.path.isfile(weights)
     config = TrainConfig(
         dataset="synthetic",
-        synthetic_count=64,
         image_size=image_size,
         alpha=alpha,
         encoder_weights=weights if trained else "none",
@@ -97,10 +133,8 @@ def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
         validation_freq=8,
         plot_examples=0,
     )
-    workdir = export_dir + "-training"
-    result = train_and_evaluate(config, workdir)
-    shutil.copytree(result.export_dir, export_dir)
-    shutil.rmtree(workdir, ignore_errors=True)
+    with fresh_folder(workdir, "training-") as training_dir:
+        shutil.copytree(train_and_evaluate(config, training_dir).export_dir, export_dir)
     metadata = read_model_info(export_dir).metadata
     metadata["bench_model"] = (
         "32 steps from the ImageNet encoder" if trained else "1 step from random init"
@@ -109,50 +143,68 @@ def export_bench_model(workdir: str, image_size: int, alpha: float) -> str:
     return export_dir
 
 
-def peak_rss_mib(argv: list[str]) -> tuple[float, float]:
-    """Runs ``argv`` in a fresh child and returns ``(peak resident MiB, seconds)``.
+@contextlib.contextmanager
+def fresh_folder(parent: str, prefix: str) -> Iterator[str]:
+    """A new empty folder under ``parent``, removed with all it holds when the block ends."""
+    os.makedirs(parent, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
-    The child is a small wrapper that waits for the command and reports the
-    largest resident set among its own children, so each measurement starts
-    from a clean slate.
+
+def peak_rss_mib(argv: list[str]) -> float:
+    """Runs ``argv`` in a fresh child and returns its peak resident memory in MiB.
+
+    A wrapper process runs the command and reports the largest resident set
+    of its own children, so nothing this process ran before counts.
+
+    Raises:
+      RuntimeError: the command failed.
     """
     wrapper = (
-        "import resource, subprocess, sys; "
-        "code = subprocess.call(sys.argv[1:]); "
+        "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
     )
-    started = time.perf_counter()
-    result = subprocess.run(
+    done = subprocess.run(
         [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=False
     )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr[-2000:]}")
-    kib = int(result.stdout.strip().splitlines()[-1])
-    return kib / 1024.0, seconds
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr[-2000:]}")
+    return int(done.stdout.strip().splitlines()[-1]) / 1024.0
 
 
-def own_peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:
+    """A Markdown table, short rows filled with empty cells, then an empty line; every
+    column but the first aligns right."""
+    rule = ("---", *["---:"] * (len(header) - 1))
+    lines = [line + ("",) * (len(header) - len(line)) for line in (header, rule, *rows)]
+    return ["| " + " | ".join(str(cell) for cell in line) + " |" for line in lines] + [""]
 
 
-def machine() -> dict[str, object]:
-    """The machine a result was measured on."""
+def write_results(out: str, name: str, results: dict, lines: list[str]) -> None:
+    """Writes ``results`` to ``out/<name>.json`` and ``lines`` to ``out/<name>.md``, each
+    with the date and the machine, and prints the latter."""
     import tensorflow as tf
 
+    from petseg.beam.write import write_atomically, write_json
+
     cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as file:
-            models = [
-                line.split(":", 1)[1].strip() for line in file if line.startswith("model name")
-            ]
-        cpu = models[0] if models else cpu
-    except OSError:
-        pass
-    return {
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as file:
+        names = (line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
+        cpu = next(names, cpu)
+    machine = {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
     }
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    where = ", ".join(f"{key} {value}" for key, value in machine.items())
+    text = "\n".join([f"Measured {date}: {where}.", "", *lines])
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, f"{name}.json"), {"date": date, "machine": machine, **results})
+    write_atomically(os.path.join(out, f"{name}.md"), text.encode())
+    print("\n" + text, flush=True)

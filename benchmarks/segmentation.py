@@ -1,212 +1,165 @@
-"""Segmentation throughput: the model's own limit, the Beam job, and a tutorial-style loop.
+"""Segmentation throughput and memory: the model's own limit, the Beam job, a naive loop.
 
-All of them segment the same generated 500 x 375 JPEGs with the same exported
-model, in one process where possible. :func:`compare` runs each once per
-round and repeats the rounds, so drift in the machine's load hits all alike;
-medians are reported.
+All of them segment the same generated JPEGs with the same exported model.
+Each round runs every contender once and the rounds repeat, so drift in the
+machine's load hits all alike; figures are medians over the rounds.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import sys
-import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.common import median, peak_rss_mib, timed
+from benchmarks.common import Sizes, bench_jpegs, fresh_folder, medians, peak_rss_mib, rate
+
+# beam_jobs.segment's flags for DirectRunner's multi_processing mode with 2 workers.
+TWO_PROCESSES = ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
 
 
-class ModelLimit:
-    """The exported serving function on one pre-decoded, pre-resized batch: no I/O at all."""
+def model_call(export_dir: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """The job's own model call (``ServingModel.probabilities``) on an export, and its side."""
+    from petseg.beam.inference import ServingModel
+    from petseg.export import load_serving_model
 
-    def __init__(self, export_dir: str, batch_size: int, batches: int):
-        import tensorflow as tf
-
-        from petseg.export import load_serving_model
-
-        self._serve, info = load_serving_model(export_dir)
-        rng = np.random.default_rng(0)
-        self._batch = tf.constant(
-            rng.integers(0, 256, (batch_size, info.image_size, info.image_size, 3), dtype=np.uint8)
-        )
-        self._batches = batches
-        self._serve(images=self._batch)  # trace and warm up
-
-    def images_per_second(self) -> float:
-        seconds = timed(
-            lambda: [
-                self._serve(images=self._batch)["probabilities"].numpy()
-                for _ in range(self._batches)
-            ]
-        )
-        return int(self._batch.shape[0]) * self._batches / seconds
+    serve, info = load_serving_model(export_dir)
+    return ServingModel(serve, info.model_id, info.image_size).probabilities, info.image_size
 
 
-def job_flags(input_dir: str, export_dir: str, output: str) -> list[str]:
-    """``beam_jobs.segment``'s flags for one benchmark run, progress lines off."""
-    return [
-        "--input",
-        input_dir,
-        "--model",
-        export_dir,
-        "--output",
-        output,
-        "--progress-interval",
-        "0",
-    ]
+def serving_rate(call, image_size: int, batch_size: int, calls: int) -> dict[str, float]:
+    """:func:`benchmarks.common.rate` of ``call`` on one random uint8 batch, taken from host
+    memory with the probabilities returned there, as the job's call does."""
+    shape = (batch_size, image_size, image_size, 3)
+    batch = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    return rate(lambda: call(batch), batch_size, calls)
 
 
-def job_seconds(
-    input_dir: str, count: int, export_dir: str, workdir: str, extra: list[str]
-) -> float:
-    """Seconds from submitting ``beam_jobs.segment`` to its summary, outputs in ``workdir``."""
-    from beam_jobs import segment
+@dataclass(frozen=True)
+class Job:
+    """``beam_jobs.segment`` as the benchmarks run it, each run into a fresh OUT under
+    ``workdir`` that is removed afterwards."""
 
-    output = tempfile.mkdtemp(prefix="out-", dir=workdir)
-    try:
-        started = time.perf_counter()
-        summary = segment.run([*job_flags(input_dir, export_dir, output), *extra])
-        seconds = time.perf_counter() - started
-    finally:
-        shutil.rmtree(output, ignore_errors=True)
-    if summary["masks_written"] != count:
-        raise RuntimeError(f"job wrote {summary['masks_written']} masks of {count}")
-    return seconds
+    export_dir: str
+    workdir: str
+    batch_size: int
+    beam_flags: tuple[str, ...] = ()
 
+    def flags(self, input_dir: str, output: str) -> list[str]:
+        """The job's flags for one run, Beam's included, progress lines off."""
+        return [
+            *("--input", input_dir, "--model", self.export_dir, "--output", output),
+            *("--max-batch-size", str(self.batch_size), "--progress-interval", "0"),
+            *self.beam_flags,
+        ]
 
-def job_round(
-    inputs: tuple[str, int],
-    one_batch: tuple[str, int],
-    export_dir: str,
-    workdir: str,
-    extra: list[str],
-) -> dict[str, float]:
-    """One run of the job on all N images and one on a single batch.
+    def seconds(self, input_dir: str, count: int) -> float:
+        """Seconds from submitting the job in this process to its summary."""
+        from beam_jobs import segment
 
-    The single batch's time is the job's fixed cost (building the pipeline,
-    loading the model, the grouping steps); the difference between the two
-    runs gives the rate at which images flow once the job is going:
-    ``(N - n) / (t_N - t_n)``.
-    """
-    (folder, count), (small_folder, small_count) = inputs, one_batch
-    small = job_seconds(small_folder, small_count, export_dir, workdir, extra)
-    seconds = job_seconds(folder, count, export_dir, workdir, extra)
-    return {
-        "images_per_second": count / seconds,
-        "steady_images_per_second": (count - small_count) / (seconds - small),
-        "one_batch_seconds": small,
-    }
-
-
-class NaiveLoop:
-    """What a tutorial user writes: per file, decode, ``model.predict`` one image, save a PNG."""
-
-    def __init__(self, export_dir: str, paths: list[str], workdir: str):
-        import keras
-
-        import petseg.layers  # noqa: F401  (registers the model's layers with Keras)
-
-        self._model = keras.models.load_model(os.path.join(export_dir, "model.keras"))
-        self._size = int(self._model.input_shape[1])
-        self._paths = paths
-        self._workdir = workdir
-
-    def images_per_second(self) -> float:
-        import tensorflow as tf
-        from PIL import Image
-
-        output = tempfile.mkdtemp(prefix="naive-", dir=self._workdir)
-        try:
+        with fresh_folder(self.workdir, "out-") as output:
             started = time.perf_counter()
-            for path in self._paths:
+            summary = segment.run(self.flags(input_dir, output))
+            seconds = time.perf_counter() - started
+        check_summary(summary, count)
+        return seconds
+
+    def round(self, folder: str, count: int, one_batch: str) -> dict[str, float]:
+        """The job on ``one_batch`` (a folder of ``n = batch_size`` images), then on ``count`` (N).
+
+        Returns:
+          images/s end to end, the steady rate ``(N - n) / (t_N - t_n)``, and
+          the one-batch run's seconds (the job's start-up).
+        """
+        small = self.seconds(one_batch, self.batch_size)
+        seconds = self.seconds(folder, count)
+        return {
+            "images_per_second": count / seconds,
+            "steady_images_per_second": (count - self.batch_size) / (seconds - small),
+            "one_batch_seconds": small,
+        }
+
+    def memory(self, input_dir: str, count: int) -> dict[str, float]:
+        """Peak resident MiB of the job run as a command in a fresh process, and the
+        images/s of its summary (from submitting the pipeline to its end)."""
+        from beam_jobs.segment import SUMMARY_FILE
+        from petseg.beam.write import read_json
+
+        with fresh_folder(self.workdir, "rss-") as output:
+            command = [sys.executable, "-m", "beam_jobs.segment", *self.flags(input_dir, output)]
+            mib = peak_rss_mib(command)
+            summary = read_json(os.path.join(output, SUMMARY_FILE))
+        check_summary(summary, count)
+        return {"peak_rss_mib": mib, "images_per_second": float(summary["images_per_second"])}
+
+
+def check_summary(summary: dict, count: int) -> None:
+    """Raises ``RuntimeError`` unless the job inferred a mask for each of ``count`` images."""
+    inferred = summary["masks_written"] - summary["masks_reused"]
+    if inferred != count:
+        reused = summary["masks_reused"]
+        raise RuntimeError(f"the job inferred {inferred} masks of {count} ({reused} reused)")
+
+
+def naive_loop(export_dir: str, paths: list[str], workdir: str) -> Callable[[], dict[str, float]]:
+    """A round of what a tutorial user writes: per file, decode, resize, ``model.predict``
+    on one image, argmax, save a PNG. The Keras model loads once, here."""
+    import keras
+    import tensorflow as tf
+    from PIL import Image
+
+    from petseg.export import KERAS_FILE
+
+    model = keras.models.load_model(os.path.join(export_dir, KERAS_FILE), compile=False)
+    size = int(model.input_shape[1])
+
+    def one_round() -> dict[str, float]:
+        with fresh_folder(workdir, "naive-") as output:
+            started = time.perf_counter()
+            for path in paths:
                 image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
-                image = tf.image.resize(image, (self._size, self._size))
-                logits = self._model.predict(image[tf.newaxis, ...], verbose=0)
+                image = tf.image.resize(image, (size, size))
+                logits = model.predict(image[tf.newaxis, ...], verbose=0)
                 mask = np.argmax(logits[0], axis=-1).astype(np.uint8)
                 name = os.path.splitext(os.path.basename(path))[0] + ".png"
                 Image.fromarray(mask).save(os.path.join(output, name))
-            return len(self._paths) / (time.perf_counter() - started)
-        finally:
-            shutil.rmtree(output, ignore_errors=True)
+            return {"images_per_second": len(paths) / (time.perf_counter() - started)}
+
+    return one_round
 
 
-def compare(
-    export_dir: str,
-    inputs: tuple[str, int],
-    one_batch: tuple[str, int],
-    naive_paths: list[str],
-    workdir: str,
-    batch_size: int,
-    repeats: int,
-) -> dict:
-    """Model limit, the job in-process and with 2 worker processes, the naive loop; alternated."""
-    limit = ModelLimit(export_dir, batch_size, max(2, inputs[1] // batch_size))
-    naive = NaiveLoop(export_dir, naive_paths, workdir)
-    flags = ["--max-batch-size", str(batch_size)]
-    modes = {
-        "job_in_process": flags,
-        "job_multi_processing_2": [
-            *flags,
-            "--direct_running_mode",
-            "multi_processing",
-            "--direct_num_workers",
-            "2",
-        ],
-    }
-    runs: dict[str, list] = {"model_limit": [], "naive_loop": [], **{mode: [] for mode in modes}}
-    for round_number in range(repeats):
-        runs["model_limit"].append(limit.images_per_second())
-        for mode, extra in modes.items():
-            runs[mode].append(job_round(inputs, one_batch, export_dir, workdir, extra))
-        runs["naive_loop"].append(naive.images_per_second())
-        print(
-            f"  round {round_number + 1}: limit {runs['model_limit'][-1]:.1f}, job "
-            f"{runs['job_in_process'][-1]['images_per_second']:.1f} (steady "
-            f"{runs['job_in_process'][-1]['steady_images_per_second']:.1f}), 2 processes "
-            f"{runs['job_multi_processing_2'][-1]['images_per_second']:.1f}, naive "
-            f"{runs['naive_loop'][-1]:.1f} images/s",
-            flush=True,
-        )
-    result = {
-        "model_limit": {
-            "images_per_second": median(runs["model_limit"]),
-            "runs": runs["model_limit"],
-            "batch_size": batch_size,
-        },
-        "naive_loop": {
-            "images_per_second": median(runs["naive_loop"]),
-            "runs": runs["naive_loop"],
-            "images": len(naive_paths),
-        },
-    }
-    for mode, extra in modes.items():
-        result[mode] = {
-            key: median([run[key] for run in runs[mode]])
-            for key in ("images_per_second", "steady_images_per_second", "one_batch_seconds")
-        }
-        result[mode]["runs"] = runs[mode]
-        result[mode]["flags"] = extra
-    return result
+def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
+    """Every segmentation figure for ``sizes.images`` (N) JPEGs.
 
-
-def job_peak_memory(input_dir: str, export_dir: str, workdir: str) -> tuple[float, float]:
-    """Peak resident MiB of the in-process DirectRunner job over ``input_dir``, and its images/s.
-
-    The rate is the one the job writes to its summary: from submitting the
-    pipeline to its end (model load included, interpreter start-up not).
+    Returns:
+      Medians and runs of ``model_limit`` (the job's model call on one
+      pre-resized batch, no I/O), ``job_in_process`` and
+      ``job_multi_processing_2`` (:meth:`Job.round`) and ``naive_loop`` (on
+      a quarter of the images, at least 20); ``memory_N`` and ``memory_5N``
+      (:meth:`Job.memory`, once each).
     """
-    from beam_jobs.segment import SUMMARY_FILE
-    from petseg.beam.write import read_json
-
-    output = tempfile.mkdtemp(prefix="rss-", dir=workdir)
-    try:
-        mib, _ = peak_rss_mib(
-            [sys.executable, "-m", "beam_jobs.segment", *job_flags(input_dir, export_dir, output)]
-        )
-        rate = float(read_json(os.path.join(output, SUMMARY_FILE))["images_per_second"])
-    finally:
-        shutil.rmtree(output, ignore_errors=True)
-    return mib, rate
+    folder, paths = bench_jpegs(workdir, sizes.images)
+    one_batch, _ = bench_jpegs(workdir, sizes.batch_size)
+    call, size = model_call(export_dir)
+    naive = naive_loop(export_dir, paths[: max(20, sizes.images // 4)], workdir)
+    jobs = {
+        "job_in_process": Job(export_dir, workdir, sizes.batch_size),
+        "job_multi_processing_2": Job(export_dir, workdir, sizes.batch_size, TWO_PROCESSES),
+    }
+    runs: dict[str, list] = {"model_limit": [], **{name: [] for name in jobs}, "naive_loop": []}
+    for round_number in range(sizes.repeats):
+        calls = sizes.images // sizes.batch_size + 1
+        runs["model_limit"].append(serving_rate(call, size, sizes.batch_size, calls))
+        for name, job in jobs.items():
+            runs[name].append(job.round(folder, sizes.images, one_batch))
+        runs["naive_loop"].append(naive())
+        rates = [f"{name} {values[-1]['images_per_second']:.1f}" for name, values in runs.items()]
+        print(f"  round {round_number + 1}: {', '.join(rates)} images/s", flush=True)
+    result = {name: medians(values) for name, values in runs.items()}
+    result["memory_N"] = jobs["job_in_process"].memory(folder, sizes.images)
+    large, _ = bench_jpegs(workdir, 5 * sizes.images)
+    result["memory_5N"] = jobs["job_in_process"].memory(large, 5 * sizes.images)
+    return result

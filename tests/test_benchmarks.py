@@ -1,210 +1,172 @@
-"""The benchmark harness runs end to end on tiny sizes and reports every figure (no timing asserted)."""
+"""The benchmarks run end to end on tiny sizes and report every figure (no timing asserted)."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import sys
+from dataclasses import asdict
 
 import pytest
 
-from benchmarks import run
+from benchmarks import common, gpu, profile, run, segmentation, training
+
+# Names of the folders a benchmark makes for one run and must remove after it.
+SCRATCH_PREFIXES = ("out-", "rss-", "naive-", "prof-", "training-")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """The cache of ``--quick``'s model and photos, shared by the tests that make it."""
+    return tmp_path_factory.mktemp("bench")
+
+
+def scratch_left(folder) -> list[str]:
+    return [name for name in os.listdir(folder) if name.startswith(SCRATCH_PREFIXES)]
 
 
 @pytest.mark.slow
-def test_quick_benchmark_reports_every_figure(tmp_path):
+def test_quick_bench_reports_every_figure(workdir, tmp_path):
     out = tmp_path / "results"
-    assert run.main(["--quick", "--out", str(out), "--workdir", str(tmp_path / "work")]) == 0
+    assert run.main(["--quick", "--out", str(out), "--workdir", str(workdir)]) == 0
     results = json.loads((out / "results.json").read_text())
 
-    segmentation = results["segmentation"]
-    positive = [
-        segmentation["model_limit"]["images_per_second"],
-        segmentation["naive_loop"]["images_per_second"],
-        *(
-            segmentation[mode][key]
-            for mode in ("job_in_process", "job_multi_processing_2")
-            for key in ("images_per_second", "one_batch_seconds")
-        ),
-        *segmentation["peak_rss_mib"].values(),
-        segmentation["job_5N_images_per_second"],
-    ]
-    assert all(value > 0 for value in positive), segmentation
-    # --quick's alpha 0.35 has no ImageNet weights here: its model says how little it trained.
-    assert segmentation["bench_model"] == "1 step from random init"
-    # At 16 images the steady-state difference is noise, but it is a number.
-    assert all(math.isfinite(value) for value in segmentation["ratios"].values())
+    assert results["sizes"] == asdict(common.QUICK)
+    # --quick's alpha 0.35 has no ImageNet weights: its model says how little it trained.
+    assert results["bench_model"] == "1 step from random init"
+    segment = results["segmentation"]
+    rates = [segment[name]["images_per_second"] for name in segment]
+    jobs = [segment[name] for name in ("job_in_process", "job_multi_processing_2")]
+    assert all(rate > 0 for rate in rates), segment
+    assert all(job["one_batch_seconds"] > 0 for job in jobs)
+    assert segment["model_limit"]["cpu_ms_per_image"] > 0
+    assert all(segment[name]["peak_rss_mib"] > 0 for name in ("memory_N", "memory_5N"))
+    assert all(len(segment[name]["runs"]) == 1 for name in ("model_limit", "naive_loop"))
+    # At 16 images the steady-state difference is noise, but every ratio is a number.
+    assert set(results["ratios"]) == set(run.TARGETS)
+    assert all(math.isfinite(value) for value in results["ratios"].values())
 
-    training = results["training"]
-    assert set(training["images_per_second"]) == {"tutorial", "petseg", "petseg_float32"}
-    assert all(rate > 0 for rate in training["images_per_second"].values())
-    assert training["policies"]["petseg_float32"] == "float32"
-    assert training["accuracy"] is None  # --quick uses alpha 0.35; the weights are alpha 1.0
+    recipes = results["training"]["recipes"]
+    assert set(recipes) == set(training.RECIPES)
+    assert all(recipe["images_per_second"] > 0 for recipe in recipes.values())
+    assert all(recipe["input_pipeline_ms"] > 0 for recipe in recipes.values())
+    assert recipes["tutorial"]["speedup"] == 1.0
+    assert recipes["petseg_float32"]["policy"] == "float32"
+    assert results["training"]["accuracy"] is None  # no accuracy epochs in --quick
 
     table = (out / "results.md").read_text()
-    for row in (
-        "model limit",
-        "job / model limit, end to end at 5N",
-        "job / model limit, steady state",
-        "job / naive loop",
-        "Training",
-    ):
+    assert table.startswith("Measured ")
+    for what, _, _ in run.TARGETS.values():
+        assert what in table
+    for row in ("model limit", "2 processes", "naive loop", "petseg_float32 (float32)"):
         assert row in table
+    # Every job wrote into a fresh OUT, removed after it.
+    assert scratch_left(workdir) == []
 
 
 @pytest.mark.slow
-def test_profile_accounts_for_every_step_and_model_call(tmp_path):
-    from benchmarks import profile
+def test_profile_accounts_for_every_step_and_model_call(workdir, tmp_path):
     from petseg.beam.decode import DecodeImageFn
     from petseg.beam.inference import ServingModel
 
     unprobed = (DecodeImageFn.work, ServingModel.probabilities)
     out = tmp_path / "results"
-    argv = ["--images", "12", "--image-size", "32", "--alpha", "0.35", "--batch-size", "4"]
-    assert profile.main([*argv, "--workdir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert profile.main(["--quick", "--workdir", str(workdir), "--out", str(out)]) == 0
     result = json.loads((out / "profile.json").read_text())
 
-    assert set(result["step_cpu_ms_per_image"]) == {
-        "DecodeImageFn",
-        "PostprocessFn",
-        "WriteMaskFn",
-        "ComputeImageStatsFn",
-    }
-    assert all(ms > 0 for ms in result["step_cpu_ms_per_image"].values())
-    assert result["model_calls"] >= 3  # 12 images in batches of at most 4
-    assert 0 < result["model_seconds"] < result["wall_seconds"]
-    assert result["standalone_call_ms"] > 0
+    job = result["job"]
+    steps = {"DecodeImageFn", "PostprocessFn", "WriteMaskFn", "ComputeImageStatsFn"}
+    assert steps <= set(job["step_cpu_ms_per_image"])
+    assert all(job["step_cpu_ms_per_image"][step] > 0 for step in steps)
+    assert job["model_calls"] >= 2  # 16 images in batches of at most 8
+    assert 0 < job["model_seconds"] < job["wall_seconds"]
+    assert result["model_alone"]["images_per_second"] > 0
     # Without the model's compute every step still runs on every image, and
-    # the model's calls (replayed answers after the first) take less time.
+    # the model's calls (the first answer replayed) take less time.
     alone = result["without_model"]
-    assert set(alone["step_cpu_ms_per_image"]) == set(result["step_cpu_ms_per_image"])
-    assert alone["model_calls"] == result["model_calls"]
-    assert alone["model_call_ms_median"] < result["model_call_ms_median"]
-    # The probes are gone once the run is over.
+    assert steps <= set(alone["step_cpu_ms_per_image"])
+    assert alone["model_calls"] == job["model_calls"]
+    assert alone["model_call_ms_median"] < job["model_call_ms_median"]
     assert (DecodeImageFn.work, ServingModel.probabilities) == unprobed
-
-
-@pytest.fixture(scope="module")
-def gpu_network(model_dir, tmp_path_factory):
-    """The tiny model written by ``benchmarks.gpu export``."""
-    from benchmarks import gpu
-
-    network = tmp_path_factory.mktemp("gpu") / "network"
-    assert gpu.main(["export", "--model", str(model_dir), "--out", str(network)]) == 0
-    return network
-
-
-TINY_MEASURE = ["--batch-sizes", "2", "--train-batch", "2", "--calls", "1", "--rounds", "1"]
+    assert "the job without the model's compute" in (out / "profile.md").read_text()
+    assert scratch_left(workdir) == []
 
 
 @pytest.mark.slow
-def test_gpu_benchmark_exports_the_same_network_and_measures_it(gpu_network, tmp_path):
-    import subprocess
-    import sys
+def test_gpu_benchmark_times_serving_and_training_on_the_cpu_when_allowed(workdir, tmp_path):
+    out = tmp_path / "results"
+    argv = ["--quick", "--allow-cpu", "--workdir", str(workdir), "--out", str(out)]
+    assert gpu.main(argv) == 0
+    result = json.loads((out / "gpu.json").read_text())
 
-    from benchmarks import gpu
-
-    shape = json.loads((gpu_network / gpu.SHAPE_FILE).read_text())
-    # The tiny model's petseg.json has no width: the one its weights fit is found.
-    assert (shape["image_size"], shape["alpha"]) == (64, 0.35)
-    assert shape["export_check_relative_error"] < gpu.EXPORT_TOLERANCE
-
-    # The measuring half, in a process where petseg cannot be imported, on
-    # the backend Keras has here: TensorFlow on the CPU.
-    results = tmp_path / "results"
-    argv = ["measure", "--model", str(gpu_network), "--out", str(results), "--allow-cpu"]
-    argv += ["--policies", "float32", *TINY_MEASURE]
-    child = "import sys; sys.modules['petseg'] = None; from benchmarks import gpu; "
-    child += "sys.exit(gpu.main(sys.argv[1:]))"
-    done = subprocess.run(
-        [sys.executable, "-c", child, *argv], capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads((results / gpu.RESULTS_FILE).read_text())
-    check = result["checks"]["float32"]
-    assert check["relative_error"] < gpu.EXPORT_TOLERANCE
-    assert check["mask_agreement"] == 1.0 and check["finite"]
-    assert result["machine"]["backend"] == "tensorflow"
-    assert result["machine"]["accelerators"] == []
-    rates = [
-        result["serving"]["float32"]["2"]["images_per_second"],
-        result["one_image_a_call"]["images_per_second"],
-        result["training"]["float32"]["images_per_second"],
-    ]
-    assert all(rate > 0 for rate in rates), result
-    assert result["training"]["float32"]["batch"] == 2
-    assert "| serving: probabilities and mask, host to host | float32 | 2 |" in done.stdout
+    measured = [(m["measurement"], m["policy"], m["batch"]) for m in result["measurements"]]
+    serving, training_step = ("serving", "float32"), ("training step", "float32")
+    assert measured == [(*serving, 1), (*serving, 2), (*training_step, 2)]
+    assert all(m["images_per_second"] > 0 for m in result["measurements"])
+    table = (out / "gpu.md").read_text()
+    assert "| serving | float32 | 2 |" in table
+    assert "| training step | float32 | 2 |" in table
 
 
-def test_gpu_benchmark_measuring_half_imports_tensorflow_only_for_its_backend():
-    import ast
-    import inspect
+def test_gpu_benchmark_measures_nothing_without_a_gpu(tmp_path, capsys):
+    import tensorflow as tf
 
-    from benchmarks import gpu, portable
-
-    def imports(code) -> list[str]:
-        """The top-level package of every module a module or function imports."""
-        names = []
-        for node in ast.walk(ast.parse(inspect.getsource(code).lstrip())):
-            if isinstance(node, ast.Import):
-                names += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                names.append(node.module)
-        return [name.split(".")[0] for name in names]
-
-    assert not {"petseg", "tensorflow"} & set(imports(portable))
-    # petseg (which imports TensorFlow) only in export; TensorFlow itself only
-    # to list the devices of Keras' TensorFlow backend.
-    measuring = [gpu.measure, gpu.build, gpu.check_against_reference, gpu.serving_rate]
-    measuring += [gpu.training_rate, gpu.read_shape, gpu.markdown]
-    for function in measuring:
-        assert not {"petseg", "tensorflow"} & set(imports(function)), function
-    top_level = imports(gpu)
-    assert top_level.count("tensorflow") == 1 and "petseg" in top_level
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU")
+    out = tmp_path / "results"
+    assert gpu.main(["--out", str(out), "--workdir", str(tmp_path / "work")]) == 1
+    assert "sees no GPU" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "work").exists()
 
 
-@pytest.mark.slow
-def test_gpu_benchmark_times_nothing_without_an_accelerator_or_with_wrong_masks(
-    gpu_network, tmp_path, capsys
-):
+def test_the_job_must_infer_every_mask_itself():
+    segmentation.check_summary({"masks_written": 16, "masks_reused": 0}, 16)
+    with pytest.raises(RuntimeError, match="inferred 0 masks of 16 \\(16 reused\\)"):
+        segmentation.check_summary({"masks_written": 16, "masks_reused": 16}, 16)
+    with pytest.raises(RuntimeError, match="inferred 15 masks of 16"):
+        segmentation.check_summary({"masks_written": 15, "masks_reused": 0}, 16)
+
+
+def test_peak_memory_is_the_childs_own():
+    big = common.peak_rss_mib([sys.executable, "-c", "data = b'x' * (200 << 20)"])
+    small = common.peak_rss_mib([sys.executable, "-c", "pass"])
+    assert small < 100 < 200 < big
+    with pytest.raises(RuntimeError, match="failed"):
+        common.peak_rss_mib([sys.executable, "-c", "raise SystemExit(3)"])
+
+
+def test_bench_photos_are_the_same_every_time(tmp_path):
+    from PIL import Image
+
+    folder, paths = common.bench_jpegs(str(tmp_path / "a"), 2)
+    _, again = common.bench_jpegs(str(tmp_path / "b"), 2)
+    assert [open(path, "rb").read() for path in paths] == [open(p, "rb").read() for p in again]
+    assert Image.open(paths[1]).size == common.OXFORD_MEDIAN_SIZE
+    written = os.stat(paths[0]).st_mtime_ns
+    assert common.bench_jpegs(str(tmp_path / "a"), 2) == (folder, paths)
+    assert os.stat(paths[0]).st_mtime_ns == written  # kept, not written again
+
+
+def test_tutorial_model_is_petsegs_network_in_keras_stock_layers(tmp_path):
     import numpy as np
 
-    from benchmarks import gpu
+    from petseg.data import write_synthetic_files
 
-    results = tmp_path / "results"
-    argv = ["measure", "--model", str(gpu_network), "--out", str(results), *TINY_MEASURE]
-    argv += ["--policies", "float32"]
-    assert gpu.main(argv) == 1
-    assert "sees no accelerator" in capsys.readouterr().err
-    assert not results.exists()
+    tutorial = training.tutorial_unet(32, 0.35, None)
+    petseg = training.petseg_model(32, 0.35, None, "float32")
 
-    # A reference this backend's network disagrees with: the logits negated.
-    wrong = tmp_path / "wrong"
-    wrong.mkdir()
-    for name in (gpu.SHAPE_FILE, gpu.WEIGHTS_FILE):
-        (wrong / name).write_bytes((gpu_network / name).read_bytes())
-    reference = np.load(gpu_network / gpu.REFERENCE_FILE)
-    np.savez(wrong / gpu.REFERENCE_FILE, images=reference["images"], logits=-reference["logits"])
-    argv = ["measure", "--model", str(wrong), "--out", str(results), "--allow-cpu", *argv[5:]]
-    assert gpu.main(argv) == 1
-    assert "not timing it" in capsys.readouterr().err
-    result = json.loads((results / gpu.RESULTS_FILE).read_text())
-    assert result["checks"]["float32"]["mask_agreement"] < gpu.FLOAT32_MASK_AGREEMENT
-    assert result["serving"] == {} and result["training"] == {}
+    def shapes(model) -> list[tuple[int, ...]]:
+        return sorted(tuple(weight.shape) for weight in model.trainable_weights)
 
+    assert shapes(tutorial) == shapes(petseg)
+    assert tutorial.count_params() == petseg.count_params()
+    layers = [*tutorial.layers, *tutorial.get_layer("down_stack").layers]
+    assert all(type(layer).__module__.startswith("keras.") for layer in layers)
 
-def test_gpu_benchmark_export_refuses_a_network_that_computes_something_else(
-    model_dir, tmp_path, monkeypatch, capsys
-):
-    from benchmarks import gpu, portable
-
-    build = portable.portable_unet
-
-    def unscaled(*args, **kwargs):
-        # Same weights, but fed 0-255 pixels where the encoder wants [-1, 1].
-        return build(*args, **{**kwargs, "scale_inputs": False})
-
-    monkeypatch.setattr(portable, "portable_unet", unscaled)
-    network = tmp_path / "network"
-    assert gpu.main(["export", "--model", str(model_dir), "--out", str(network)]) == 1
-    assert "logits differ from the model's" in capsys.readouterr().err
-    assert not network.exists()
+    examples = write_synthetic_files(str(tmp_path), str(tmp_path), 3, 48)
+    images, masks = next(iter(training.tutorial_batches(examples, 32)))
+    assert images.shape == (3, 32, 32, 3) and masks.shape == (3, 32, 32, 1)
+    assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
+    # The tutorial resizes trimaps bilinearly, so classes blend at edges.
+    assert 0.0 <= float(np.min(masks)) and float(np.max(masks)) <= 2.0
