@@ -3,6 +3,8 @@
 This file is the one package definition. Beam ships it to workers with
 ``--setup_file ./setup.py``; ``constraints.txt`` pins the exact versions the
 project is tested with, so the submitting machine and the workers agree.
+Workers need the base install only; ``petseg[train]`` adds what training,
+evaluation and the report use.
 """
 
 from setuptools import find_packages, setup
@@ -15,27 +17,39 @@ setup(
     # The drivers (train.py, beam_jobs/) stay in the repository: the library
     # and its console scripts never import them, and Beam's workers need petseg only.
     packages=find_packages(include=["petseg", "petseg.*"]),
+    # What the segmentation job's workers import, and no more: Beam installs
+    # this on every worker (--setup_file), so training's packages are extras.
     install_requires=[
         # Keras 3 ships with these TensorFlow releases; the model code assumes Keras 3.
         "tensorflow>=2.16,<2.22",
         "keras>=3.0,<4",
         "apache-beam>=2.60,<3",
-        "tensorflow-datasets>=4.9,<5",
-        # TFDS's downloader imports it, but does not declare it.
-        "importlib_resources>=6",
         # Beam caps Pillow below 13.
         "pillow>=10,<13",
         "numpy>=1.26,<3",
-        # Training logs for TensorBoard (TensorFlow no longer pulls it in).
-        "tensorboard>=2.16,<2.22",
-        # Training pictures (prediction panels, curves, confusion matrix) and the report charts.
-        "matplotlib>=3.8,<4",
-        # Progress bars for work outside Keras and Beam.
-        "tqdm>=4.66,<5",
     ],
     extras_require={
-        "dev": ["pytest>=8,<10", "ruff>=0.6", "hypothesis>=6.100,<7"],
+        # Training, evaluation and the report, on the machine that trains or submits.
+        "train": [
+            "tensorflow-datasets>=4.9,<5",
+            # TFDS's downloader imports it, but does not declare it.
+            "importlib_resources>=6",
+            # Training logs for TensorBoard (TensorFlow no longer pulls it in).
+            "tensorboard>=2.16,<2.22",
+            # Training pictures (prediction panels, curves, confusion matrix) and the report charts.
+            "matplotlib>=3.8,<4",
+            # Progress bars for work outside Keras and Beam.
+            "tqdm>=4.66,<5",
+        ],
+        "dev": [
+            "petseg[train]",
+            "pytest>=8,<10",
+            "ruff>=0.6",
+            "hypothesis>=6.100,<7",
+        ],
+        # Dataflow and gs:// paths; AWS S3 paths (s3://).
         "gcp": ["apache-beam[gcp]>=2.60,<3"],
+        "aws": ["apache-beam[aws]>=2.60,<3"],
     },
     entry_points={
         "console_scripts": [
