@@ -6,13 +6,9 @@ convolution in front of it is linear, so the two are one convolution with
 a rescaled kernel and a bias. :func:`fold_batch_norm` rewrites a trained
 model that way for the SavedModel. TensorFlow's graph optimiser already
 fuses most of these pairs at run time, so the arithmetic per image barely
-changes; what changes is what every worker must load. For the bench model
-(MobileNetV2 alpha 1.0 at 128 px) the SavedModel holds 111 variables
-instead of 273, its graph and the checkpoint save and restore functions
-every SavedModel carries shrink with them (``saved_model.pb`` 0.42 MB
-instead of 0.88 MB), and ``tf.saved_model.load`` takes 0.44 s instead of
-1.29 s. The logits move by float rounding only (7e-6 on logits of
-magnitude 6).
+changes; what changes is what every worker must load: fewer variables, a
+smaller graph, a faster ``tf.saved_model.load`` (figures in
+docs/benchmarks.md). The logits move by float rounding only.
 
 Training, fine-tuning and ``model.keras`` keep the unfolded model: folding
 is exact only for a batch normalization in inference mode.

@@ -130,8 +130,8 @@ def decode_resized(
     DCT scale (1/2, 1/4 or 1/8: libjpeg's scaled decoding, through Pillow's
     ``draft``) that still covers ``size``. That skips most of the decoding
     work for photos several times the model's size, and the bilinear resize
-    then starts from fewer pixels: 2.3x faster on the Oxford photos for a
-    128 px model, and within 1.1 grey levels (mean) of the full-size route.
+    then starts from fewer pixels, for pixels within about a grey level of
+    the full-size route (figures in docs/benchmarks.md).
 
     Args:
       data: the file's bytes.

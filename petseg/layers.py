@@ -4,8 +4,8 @@ Keras 3 writes batch normalization with backend-neutral ops: a mean, a
 variance, then a multiply and an add over the whole activation, each a
 separate pass over memory, and as many again for the gradient. TensorFlow's
 ``FusedBatchNormV3`` does the same arithmetic in one kernel (oneDNN on CPUs,
-cuDNN on GPUs): 3.5x faster on the decoder's 64 x 64 x 64 activations here,
-forward and backward together. :class:`FusedBatchNormalization` is Keras'
+cuDNN on GPUs), several times faster per layer on the project's CPUs
+(docs/benchmarks.md). :class:`FusedBatchNormalization` is Keras'
 layer with that kernel inside: the same weights, the same config, the same
 moving-average updates, so models and checkpoints move between the two.
 """
