@@ -95,3 +95,45 @@ def test_run_inference_transform_with_the_real_model(model_dir, images):
             ),
             equal_to([(path, total, MODEL_ID) for path, total in expected.items()]),
         )
+
+
+def test_model_sharing_and_the_accelerator_hint_reach_runinference(model_dir):
+    plain = SavedModelHandler(model_dir, max_batch_size=4)
+    assert not plain.share_model_across_processes() and plain.get_resource_hints() == {}
+    shared = SavedModelHandler(model_dir, max_batch_size=4, share_model=True)
+    assert shared.share_model_across_processes() and shared.model_copies() == 1
+    copies = SavedModelHandler(model_dir, max_batch_size=4, model_copies=2)
+    assert copies.share_model_across_processes() and copies.model_copies() == 2
+    hint = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    gpu = SavedModelHandler(model_dir, accelerator=hint)
+    assert gpu.get_resource_hints() == {"accelerator": hint}
+
+
+def test_the_accelerator_hint_is_on_the_inference_step_only(model_dir):
+    hint = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
+    pipeline = beam.Pipeline()
+    keys = [ImageKey(SourceImage("/in/a.png", "a.png", 0, "masks/a.png"), 4, 4)]
+    image = np.zeros((MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
+    _ = (
+        pipeline
+        | beam.Create([(keys[0], image)])
+        | InferProbabilities(SavedModelHandler(model_dir, accelerator=hint))
+    )
+    proto = pipeline.to_runner_api()
+    hinted = {
+        transform.unique_name
+        for transform in proto.components.transforms.values()
+        if any(
+            "accelerator" in urn
+            for urn in proto.components.environments[transform.environment_id].resource_hints
+        )
+        if transform.environment_id
+    }
+    assert hinted and all("RunInference" in name for name in hinted)
+
+
+def test_a_served_model_answers_through_its_methods(model_dir, images):
+    # A shared model is reached by proxy, which carries method calls, not attributes.
+    model = SavedModelHandler(model_dir).load_model()
+    assert model.identity() == MODEL_ID
+    assert model.probabilities(np.stack(images[:2])).shape == (2, MODEL_SIZE, MODEL_SIZE, 3)

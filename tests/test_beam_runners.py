@@ -82,7 +82,12 @@ def test_reference_run_accounts_for_every_file(reference):
     assert sum(name.startswith("masks/") for name in files) == len(GOOD_IMAGES)
 
 
-def test_multi_processing_matches_in_process(reference, tree, model_dir, tmp_path):
+# Model sharing: one model per machine, which the worker processes reach by proxy.
+SHARING = {"own-model": (), "shared-model": ("--share-model",)}
+
+
+@pytest.mark.parametrize("sharing", sorted(SHARING))
+def test_multi_processing_matches_in_process(reference, tree, model_dir, tmp_path, sharing):
     output = tmp_path / "out"
     summary = _run(
         tree,
@@ -92,14 +97,16 @@ def test_multi_processing_matches_in_process(reference, tree, model_dir, tmp_pat
         "multi_processing",
         "--direct_num_workers",
         "2",
+        *SHARING[sharing],
     )
     expected_summary, expected_files = reference
     assert snapshot(output) == expected_files
     assert _without_timing(summary) == _without_timing(expected_summary)
 
 
+@pytest.mark.parametrize("sharing", sorted(SHARING))
 def test_portable_runner_matches_in_process(
-    reference, tree, model_dir, tmp_path, portable_services
+    reference, tree, model_dir, tmp_path, portable_services, sharing
 ):
     job_port, worker_port = portable_services
     output = tmp_path / "out"
@@ -115,6 +122,7 @@ def test_portable_runner_matches_in_process(
         "EXTERNAL",
         "--environment_config",
         f"localhost:{worker_port}",
+        *SHARING[sharing],
     )
     expected_summary, expected_files = reference
     assert snapshot(output) == expected_files

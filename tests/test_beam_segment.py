@@ -355,3 +355,24 @@ def test_oxford_sample_photos_get_masks_at_their_own_size(model_dir, tmp_path):
         mask = Image.open(output / "masks" / name.replace(".jpg", ".png"))
         assert mask.size == (width, height), name
         assert mask.mode == "P"
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ((), None),
+        (("--runner", "DataflowRunner"), 1),
+        (("--runner", "DataflowRunner", "--experiments", "no_use_multiple_sdk_containers"), None),
+        (("--direct_running_mode", "multi_processing", "--direct_num_workers", "2"), "half"),
+        (("--runner", "PortableRunner"), None),
+    ],
+)
+def test_thread_defaults_fit_the_runner(flags, expected):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from petseg.beam.pipeline import default_threads
+    from petseg.beam.threaded import available_cores
+
+    if expected == "half":
+        expected = max(1, available_cores() // 2)
+    assert default_threads(PipelineOptions(list(flags))) == expected

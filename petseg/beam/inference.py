@@ -33,6 +33,22 @@ from petseg.beam.faults import environment_fault
 METRICS_NAMESPACE = "petseg_inference"
 
 
+def grow_gpu_memory() -> None:
+    """Lets TensorFlow take GPU memory as it needs it, not all of it at once.
+
+    By default the first TensorFlow process on a GPU reserves nearly all of
+    its memory, and every other SDK process of the worker then fails to
+    start the model. Called before the model loads; a no-op without GPUs.
+    """
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError:  # The device is initialized already: too late, and harmless.
+            pass
+
+
 class ServingModel:
     """A loaded ``serving_default`` function and its metadata.
 
@@ -44,6 +60,10 @@ class ServingModel:
         self.function = function
         self.model_id = model_id
         self.image_size = image_size
+
+    def identity(self) -> str:
+        """The model's id (a method: a model shared across processes is reached by proxy)."""
+        return self.model_id
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """``uint8 [N, S, S, 3]`` -> ``float32 [N, S, S, C]``."""
@@ -74,6 +94,14 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
       fixed_batch_size: the shape every batch is run at (padded or split);
         defaults to ``max_batch_size``; ``None`` with no ``max_batch_size``
         runs batches as they come.
+      share_model: one model per worker machine, which its SDK processes
+        share (RunInference's ``large_model``), instead of one per process:
+        what a GPU worker wants, so the processes do not each hold a copy in
+        the GPU's memory.
+      model_copies: exactly this many models per machine, shared by its
+        processes (RunInference's ``model_copies``; implies sharing).
+      accelerator: Beam's accelerator resource hint for the inference step,
+        e.g. ``type:nvidia-tesla-t4;count:1;install-nvidia-driver``.
     """
 
     def __init__(
@@ -83,10 +111,19 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         min_batch_size: int | None = None,
         max_batch_size: int | None = None,
         fixed_batch_size: int | None = None,
+        share_model: bool = False,
+        model_copies: int | None = None,
+        accelerator: str | None = None,
     ):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        super().__init__(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            large_model=share_model,
+            model_copies=model_copies,
+        )
         self._export_dir = export_dir
         self._fixed_batch_size = fixed_batch_size or max_batch_size
+        self._accelerator = accelerator
 
     def load_model(self) -> ServingModel:
         """Loads the SavedModel once per worker process (RunInference's shared handle).
@@ -97,6 +134,7 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         from petseg.export import load_serving_model
 
         try:
+            grow_gpu_memory()
             function, info = load_serving_model(self._export_dir)
         except Exception as error:
             raise environment_fault(f"cannot load the model {self._export_dir}", error) from error
@@ -110,11 +148,12 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
     ) -> Iterable[PredictionResult]:
         """Stacks the batch, runs the model at the fixed shape, and splits the answer per image."""
         images = np.stack(batch)
+        model_id = model.identity()
         probabilities = np.concatenate(
             [model.probabilities(chunk)[:count] for chunk, count in self._chunks(images)]
         )
         return [
-            PredictionResult(example, probability, model.model_id)
+            PredictionResult(example, probability, model_id)
             for example, probability in zip(batch, probabilities, strict=True)
         ]
 
@@ -133,6 +172,9 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
 
     def get_metrics_namespace(self) -> str:
         return METRICS_NAMESPACE
+
+    def get_resource_hints(self) -> dict[str, str]:
+        return {"accelerator": self._accelerator} if self._accelerator else {}
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
         return dict(self._batching_kwargs)

@@ -76,7 +76,23 @@ class SegmentConfig:
     threads: int | None = option(
         None,
         "threads per worker process that read, decode, upsample and write images alongside "
-        "the model (default: the cores available to each process)",
+        "the model (default: the cores available to each process; 1 on Dataflow, which runs "
+        "one SDK process per vCPU; the cores shared out among --direct_num_workers)",
+    )
+    share_model: bool = option(
+        False,
+        "one model per worker machine, shared by its SDK processes (RunInference's "
+        "large_model): for GPU workers, so each process does not hold a copy in GPU memory",
+    )
+    model_copies: int | None = option(
+        None,
+        "exactly this many models per worker machine, shared by its processes "
+        "(RunInference's model_copies; implies --share-model)",
+    )
+    accelerator: str | None = option(
+        None,
+        "Beam resource hint for the inference step, e.g. "
+        "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
     )
     overlays: bool = option(False, "also write colour overlays under OUT/overlays/")
     progress_interval: float = option(
@@ -108,9 +124,11 @@ class SegmentJob:
       max_file_bytes: read limit.
       overlays: whether overlays are written.
       threads: threads per worker process, in one pool shared by decoding,
-        postprocessing, writing and statistics; ``None`` uses every core
-        available to the process.
+        postprocessing, writing and statistics; ``None``: the runner's
+        default (:func:`petseg.beam.pipeline.default_threads`).
       num_shards: JSON Lines shards of stats and errors.
+      share_model, model_copies, accelerator: how workers hold the model
+        (see :class:`~petseg.beam.inference.SavedModelHandler`).
     """
 
     inputs: list[InputSpec]
@@ -125,6 +143,9 @@ class SegmentJob:
     overlays: bool
     threads: int | None
     num_shards: int
+    share_model: bool = False
+    model_copies: int | None = None
+    accelerator: str | None = None
 
 
 def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -230,6 +251,8 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
     _check_positive("--max-file-bytes", max_file_bytes)
     if config.threads is not None:
         _check_positive("--threads", config.threads)
+    if config.model_copies is not None:
+        _check_positive("--model-copies", config.model_copies)
     if not 0.0 <= config.max_failed_fraction <= 1.0:
         raise SegmentConfigError(
             f"--max-failed-fraction must be between 0 and 1, got {config.max_failed_fraction}"
@@ -274,4 +297,7 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
         overlays=config.overlays,
         threads=config.threads,
         num_shards=max(1, math.ceil(matched / RECORDS_PER_SHARD)),
+        share_model=config.share_model,
+        model_copies=config.model_copies,
+        accelerator=config.accelerator or None,
     )

@@ -9,11 +9,18 @@ returns the summary it wrote. Commands and drivers build the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    DebugOptions,
+    DirectOptions,
+    PipelineOptions,
+    SetupOptions,
+    StandardOptions,
+)
 from apache_beam.runners.runner import PipelineState
 
 from petseg.beam.decode import DecodeImages
@@ -35,6 +42,7 @@ from petseg.beam.records import error_line
 from petseg.beam.resume import ListOutputs, PruneOutputs, ReuseMasks
 from petseg.beam.runrecord import claim_output, remove_leftovers
 from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
+from petseg.beam.threaded import available_cores
 from petseg.beam.write import WriteJsonLines, WriteMasks, read_json, write_json, write_summary
 
 DIRECT_RUNNERS = (
@@ -53,7 +61,12 @@ class JobFailedError(RuntimeError):
 def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     """Adds the segmentation job's steps to ``pipeline``."""
     handler = SavedModelHandler(
-        job.model.export_dir, min_batch_size=job.min_batch_size, max_batch_size=job.max_batch_size
+        job.model.export_dir,
+        min_batch_size=job.min_batch_size,
+        max_batch_size=job.max_batch_size,
+        share_model=job.share_model,
+        model_copies=job.model_copies,
+        accelerator=job.accelerator,
     )
     # Each threaded step holds up to two batches, so the next batch is decoded
     # and the last one written while the model runs.
@@ -146,6 +159,25 @@ def _run_pipeline(pipeline: beam.Pipeline) -> None:
         raise JobFailedError(f"the pipeline ended in state {state}")
 
 
+def default_threads(options: PipelineOptions) -> int | None:
+    """Threads per worker process for the job's threaded steps, fitted to the runner.
+
+    Dataflow runs one SDK process per vCPU (unless told otherwise with the
+    ``no_use_multiple_sdk_containers`` experiment), so each process takes one
+    thread; the DirectRunner's multi-processing mode shares the cores out
+    among its workers; anything else gets every core of its process (``None``).
+    """
+    runner = options.view_as(StandardOptions).runner
+    experiments = options.view_as(DebugOptions).experiments or []
+    if "Dataflow" in str(runner):
+        return None if "no_use_multiple_sdk_containers" in experiments else 1
+    direct = options.view_as(DirectOptions)
+    if runner in DIRECT_RUNNERS and direct.direct_running_mode == "multi_processing":
+        workers = direct.direct_num_workers or available_cores()
+        return max(1, available_cores() // workers)
+    return None
+
+
 def run_job(
     job: SegmentJob,
     beam_args: list[str],
@@ -177,6 +209,8 @@ def run_job(
     options = PipelineOptions(beam_args)
     options.view_as(SetupOptions).save_main_session = save_main_session
     runner = options.view_as(StandardOptions).runner
+    if job.threads is None:
+        job = dataclasses.replace(job, threads=default_threads(options))
 
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, job)
