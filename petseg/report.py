@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 from tqdm import tqdm
 
+from petseg.beam.tables import read_table
 from petseg.drawing import class_colour, encode_overlay
 from petseg.imageio import decode_image, resize_image, resize_mask
 
@@ -34,11 +35,12 @@ class ReportError(ValueError):
 
 
 def _read_json_lines(folder: str) -> list[dict[str, Any]]:
-    records = []
-    for path in sorted(glob.glob(os.path.join(folder, "*.jsonl"))):
-        with open(path, encoding="utf-8") as file:
-            records.extend(json.loads(line) for line in file if line.strip())
-    return records
+    # JSON Lines or Parquet shards, whichever --stats-format the run wrote.
+    paths = [
+        *glob.glob(os.path.join(folder, "*.jsonl")),
+        *glob.glob(os.path.join(folder, "*.parquet")),
+    ]
+    return read_table(paths)
 
 
 def load_run(output: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:

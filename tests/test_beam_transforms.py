@@ -23,8 +23,8 @@ from petseg.beam.records import ImageKey, Segmentation, SourceImage
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
     MaskProvenance,
-    WriteJsonLines,
     WriteMasks,
+    WriteTable,
     decode_mask,
     encode_mask,
     shard_name,
@@ -327,7 +327,7 @@ def test_write_json_lines_writes_every_shard_sorted(tmp_path):
     records = [(f"/in/{name}", json.dumps({"path": f"/in/{name}"})) for name in "edcba"]
     directory = str(tmp_path / "stats")
     with test_pipeline.TestPipeline() as pipeline:
-        paths = pipeline | beam.Create(records) | WriteJsonLines(directory, "stats", num_shards=3)
+        paths = pipeline | beam.Create(records) | WriteTable(directory, "stats", num_shards=3)
         assert_that(
             paths, equal_to([shard_name(directory, "stats", index, 3) for index in range(3)])
         )
@@ -346,6 +346,6 @@ def test_write_json_lines_writes_an_empty_shard_for_no_records(tmp_path):
         _ = (
             pipeline
             | beam.Create([], reshuffle=False).with_output_types(tuple[str, str])
-            | WriteJsonLines(directory, "errors")
+            | WriteTable(directory, "errors")
         )
     assert (tmp_path / "errors/errors-00000-of-00001.jsonl").read_bytes() == b""

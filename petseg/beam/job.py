@@ -31,6 +31,7 @@ from petseg.beam.io import (
     resolve_input,
 )
 from petseg.beam.progress import DEFAULT_INTERVAL_S
+from petseg.beam.tables import FORMATS
 from petseg.flags import option
 from petseg.imageio import DEFAULT_MAX_PIXELS
 
@@ -95,6 +96,12 @@ class SegmentConfig:
         "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
     )
     overlays: bool = option(False, "also write colour overlays under OUT/overlays/")
+    stats_format: str = option(
+        "jsonl",
+        "statistics and errors as JSON Lines or as Parquet (columns per class: pixels_<class>, "
+        "fraction_<class>)",
+        choices=FORMATS,
+    )
     progress_interval: float = option(
         DEFAULT_INTERVAL_S,
         "seconds between progress lines on the DirectRunner; 0 turns them off",
@@ -146,6 +153,7 @@ class SegmentJob:
     share_model: bool = False
     model_copies: int | None = None
     accelerator: str | None = None
+    stats_format: str = "jsonl"
 
 
 def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -300,4 +308,5 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
         share_model=config.share_model,
         model_copies=config.model_copies,
         accelerator=config.accelerator or None,
+        stats_format=config.stats_format,
     )

@@ -42,8 +42,9 @@ from petseg.beam.records import error_line
 from petseg.beam.resume import ListOutputs, PruneOutputs, ReuseMasks
 from petseg.beam.runrecord import claim_output, remove_leftovers
 from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
+from petseg.beam.tables import errors_format, stats_format
 from petseg.beam.threaded import available_cores
-from petseg.beam.write import WriteJsonLines, WriteMasks, read_json, write_json, write_summary
+from petseg.beam.write import WriteMasks, WriteTable, read_json, write_json, write_summary
 
 DIRECT_RUNNERS = (
     None,
@@ -125,13 +126,24 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     _ = (
         records
         | "FormatStats" >> beam.Map(stats_line)
-        | "WriteStats" >> WriteJsonLines(join_path(job.output, STATS_DIR), "stats", job.num_shards)
+        | "WriteStats"
+        >> WriteTable(
+            join_path(job.output, STATS_DIR),
+            "stats",
+            job.num_shards,
+            stats_format(job.stats_format, job.model.class_names),
+        )
     )
     _ = (
         errors
         | "FormatErrors" >> beam.Map(error_line)
         | "WriteErrors"
-        >> WriteJsonLines(join_path(job.output, ERRORS_DIR), "errors", job.num_shards)
+        >> WriteTable(
+            join_path(job.output, ERRORS_DIR),
+            "errors",
+            job.num_shards,
+            errors_format(job.stats_format),
+        )
     )
     summary_path = join_path(job.output, SUMMARY_FILE)
     _ = (

@@ -97,5 +97,5 @@ class ErrorRecord:
 
 
 def error_line(error: ErrorRecord) -> tuple[str, str]:
-    """``(sort key, JSON line)`` of an error, for :class:`petseg.beam.write.WriteJsonLines`."""
+    """``(sort key, JSON line)`` of an error, for :class:`petseg.beam.write.WriteTable`."""
     return error.path, error.to_json()

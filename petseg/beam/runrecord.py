@@ -54,6 +54,7 @@ _FIELD_NAMES = {
     "max_file_bytes": "--max-file-bytes",
     "batch_size": "--max-batch-size",
     "overlays": "--overlays",
+    "stats_format": "--stats-format",
 }
 
 
@@ -70,6 +71,7 @@ def run_record(job: SegmentJob) -> dict[str, Any]:
         "max_file_bytes": job.max_file_bytes,
         "batch_size": job.max_batch_size,
         "overlays": job.overlays,
+        "stats_format": job.stats_format,
     }
 
 
@@ -173,7 +175,10 @@ def remove_leftovers(job: SegmentJob, pruned: bool) -> None:
     """
     for folder, prefix in ((STATS_DIR, "stats"), (ERRORS_DIR, "errors")):
         directory = join_path(job.output, folder)
-        keep = {shard_name(directory, prefix, i, job.num_shards) for i in range(job.num_shards)}
+        keep = {
+            shard_name(directory, prefix, i, job.num_shards, job.stats_format)
+            for i in range(job.num_shards)
+        }
         try:
             listed = FileSystems.match([join_path(directory, "*")])[0].metadata_list
         except Exception as error:

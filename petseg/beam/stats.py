@@ -251,7 +251,7 @@ def reconcile(
 
 
 def stats_line(record: dict[str, Any]) -> tuple[str, str]:
-    """``(sort key, JSON line)`` of a statistics record, for :class:`WriteJsonLines`."""
+    """``(sort key, JSON line)`` of a statistics record, for :class:`WriteTable`."""
     return record["path"], json.dumps(record, sort_keys=True)
 
 

@@ -33,6 +33,7 @@ from PIL import Image, PngImagePlugin
 from petseg.beam.faults import EnvironmentFault, with_write_retries
 from petseg.beam.io import error_output, join_path, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
+from petseg.beam.tables import TableFormat
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
 from petseg.drawing import CLASS_COLOURS, encode_overlay, palette
 
@@ -46,6 +47,7 @@ PNG_STRATEGY = zlib.Z_RLE
 # The PNG text chunk keyword of a mask's provenance.
 PROVENANCE_KEY = "petseg"
 CONFIDENCE_DECIMALS = 6
+JSON_LINES = TableFormat("jsonl")
 
 
 @dataclass(frozen=True)
@@ -256,9 +258,11 @@ class WriteMasks(ThreadedStep):
     main_tag = "written"
 
 
-def shard_name(directory: str, prefix: str, index: int, num_shards: int) -> str:
-    """``directory/prefix-00003-of-00016.jsonl``."""
-    return join_path(directory, f"{prefix}-{index:05d}-of-{num_shards:05d}.jsonl")
+def shard_name(
+    directory: str, prefix: str, index: int, num_shards: int, suffix: str = "jsonl"
+) -> str:
+    """``directory/prefix-00003-of-00016.jsonl`` (or ``.parquet``)."""
+    return join_path(directory, f"{prefix}-{index:05d}-of-{num_shards:05d}.{suffix}")
 
 
 def shard_of(sort_key: str, num_shards: int) -> int:
@@ -267,20 +271,23 @@ def shard_of(sort_key: str, num_shards: int) -> int:
 
 
 class _WriteShardFn(beam.DoFn):
-    def __init__(self, directory: str, prefix: str, num_shards: int):
+    def __init__(self, directory: str, prefix: str, num_shards: int, table_format: TableFormat):
         self._directory = directory
         self._prefix = prefix
         self._num_shards = num_shards
+        self._format = table_format
 
     def process(self, element: tuple[int, Iterable[tuple[str, str] | None]]) -> Iterator[str]:
         index, entries = element
         lines = [line for _, line in sorted(entry for entry in entries if entry is not None)]
-        path = shard_name(self._directory, self._prefix, index, self._num_shards)
-        write_atomically(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+        path = shard_name(
+            self._directory, self._prefix, index, self._num_shards, self._format.suffix
+        )
+        write_atomically(path, self._format.encode(lines))
         yield path
 
 
-class WriteJsonLines(beam.PTransform):
+class WriteTable(beam.PTransform):
     """Writes ``(sort key, JSON line)`` pairs to a fixed number of sorted shards.
 
     Every shard is written, empty or not, so a folder always holds exactly
@@ -290,17 +297,25 @@ class WriteJsonLines(beam.PTransform):
       directory: the folder of the shards.
       prefix: shard file name prefix.
       num_shards: how many shards.
+      table_format: JSON Lines (the default) or Parquet (:mod:`petseg.beam.tables`).
 
     Returns the PCollection of written shard paths.
     """
 
-    def __init__(self, directory: str, prefix: str, num_shards: int = 1):
+    def __init__(
+        self,
+        directory: str,
+        prefix: str,
+        num_shards: int = 1,
+        table_format: TableFormat = JSON_LINES,
+    ):
         super().__init__()
         if num_shards < 1:
             raise ValueError(f"num_shards must be at least 1, got {num_shards}")
         self._directory = directory
         self._prefix = prefix
         self._num_shards = num_shards
+        self._format = table_format
 
     def expand(self, lines):
         num_shards = self._num_shards
@@ -315,5 +330,6 @@ class WriteJsonLines(beam.PTransform):
             (keyed, markers)
             | "FlattenShards" >> beam.Flatten()
             | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard" >> beam.ParDo(_WriteShardFn(self._directory, self._prefix, num_shards))
+            | "WriteShard"
+            >> beam.ParDo(_WriteShardFn(self._directory, self._prefix, num_shards, self._format))
         )

@@ -1,0 +1,111 @@
+"""The statistics and errors tables: JSON Lines or Parquet shards, and reading them back.
+
+Both formats hold the same rows, sorted by input path within shards chosen
+by a stable hash (:class:`~petseg.beam.write.WriteShards`), so reruns and
+resumed runs write byte-identical files. Parquet's columns are flat, one
+pair per class, named from the model's classes::
+
+    path, mask_path, width, height, pixels_<class>..., fraction_<class>...,
+    mean_confidence, model_id
+
+and errors ``path, stage, error_type, message``. BigQuery, Spark, DuckDB and
+pandas read them as they are (see docs/segment.md).
+
+The shards are encoded with ``pyarrow`` (which Beam itself depends on) rather
+than Beam's ``WriteToParquet``, which neither sorts rows nor lets the job
+name its shards, so neither reruns nor resumed runs would match byte for byte.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+FORMATS = ("jsonl", "parquet")
+ERROR_COLUMNS = ("path", "stage", "error_type", "message")
+
+
+@dataclass(frozen=True)
+class TableFormat:
+    """How one table's shards are encoded.
+
+    Attributes:
+      suffix: the shard files' extension, without its dot.
+      columns: for Parquet, each column's name and Arrow type name; empty for JSON Lines.
+    """
+
+    suffix: str
+    columns: tuple[tuple[str, str], ...] = ()
+
+    def encode(self, lines: Sequence[str]) -> bytes:
+        """The shard's bytes for its sorted JSON lines."""
+        if self.suffix == "jsonl":
+            return "".join(line + "\n" for line in lines).encode("utf-8")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows = [flatten(json.loads(line)) for line in lines]
+        schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in self.columns])
+        table = pa.Table.from_pylist(rows, schema=schema)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return buffer.getvalue()
+
+
+def stats_format(name: str, class_names: Sequence[str]) -> TableFormat:
+    """The statistics table's format: ``jsonl`` or ``parquet`` with one column pair per class."""
+    if name == "jsonl":
+        return TableFormat("jsonl")
+    columns = [("path", "string"), ("mask_path", "string")]
+    columns += [("width", "int32"), ("height", "int32")]
+    columns += [(f"pixels_{name}", "int64") for name in class_names]
+    columns += [(f"fraction_{name}", "float64") for name in class_names]
+    columns += [("mean_confidence", "float64"), ("model_id", "string")]
+    return TableFormat("parquet", tuple(columns))
+
+
+def errors_format(name: str) -> TableFormat:
+    """The errors table's format."""
+    if name == "jsonl":
+        return TableFormat("jsonl")
+    return TableFormat("parquet", tuple((column, "string") for column in ERROR_COLUMNS))
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """A statistics record's per-class mappings as ``pixels_<class>`` and ``fraction_<class>``."""
+    row = {key: value for key, value in record.items() if not isinstance(value, dict)}
+    for key in ("pixels", "fractions"):
+        prefix = "fraction" if key == "fractions" else key
+        for name, value in record.get(key, {}).items():
+            row[f"{prefix}_{name}"] = value
+    return row
+
+
+def unflatten(row: dict[str, Any]) -> dict[str, Any]:
+    """:func:`flatten` undone: a Parquet row as the JSON Lines record it came from."""
+    record: dict[str, Any] = {}
+    for key, value in row.items():
+        for prefix, field in (("pixels_", "pixels"), ("fraction_", "fractions")):
+            if key.startswith(prefix):
+                record.setdefault(field, {})[key[len(prefix) :]] = value
+                break
+        else:
+            record[key] = value
+    return record
+
+
+def read_table(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """The records of JSON Lines or Parquet shard files, as JSON Lines records."""
+    records: list[dict[str, Any]] = []
+    for path in sorted(paths):
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            records.extend(unflatten(row) for row in pq.read_table(path).to_pylist())
+        else:
+            with open(path, encoding="utf-8") as file:
+                records.extend(json.loads(line) for line in file if line.strip())
+    return records
