@@ -12,7 +12,7 @@ export PETSEG_OXFORD_SAMPLE ?= $(SHARED)/data/oxford-pets-sample
 export PETSEG_ENCODER_WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test demo lint bench bench-gpu profile accuracy clean
+.PHONY: install test demo lint bench bench-gpu profile accuracy clean worker-requirements
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m petseg.demo --workdir runs/demo
+
+# The exact worker install for Dataflow's --requirements_file (docs/segment.md).
+worker-requirements: $(STAMP)
+	$(BIN)/python -m petseg.worker_requirements > requirements-worker.txt
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

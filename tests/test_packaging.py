@@ -110,3 +110,30 @@ def test_the_job_runs_without_the_training_packages(model_dir, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "out" / "summary.json").is_file()
+
+
+def test_the_generated_worker_requirements_pin_the_tested_closure():
+    from petseg.worker_requirements import worker_closure
+
+    closure = worker_closure()
+    pins = _pins()
+    assert {"apache-beam", "tensorflow", "keras", "numpy", "pillow", "protobuf"} <= set(closure)
+    assert not {_canonical(name) for name in TRAINING_ONLY} & set(closure)
+    assert "pytest" not in closure and "petseg" not in closure
+    # Every package of the worker install is pinned by constraints.txt, at that pin.
+    assert {name: pins.get(name) for name in closure} == closure
+
+
+def test_the_worker_requirements_command_prints_a_requirements_file():
+    result = subprocess.run(
+        [sys.executable, "-m", "petseg.worker_requirements"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=True,
+    )
+    lines = [line for line in result.stdout.splitlines() if not line.startswith("#")]
+    requirements = [Requirement(line) for line in lines]
+    assert all(len(requirement.specifier) == 1 for requirement in requirements)
+    assert any(_canonical(requirement.name) == "apache-beam" for requirement in requirements)
