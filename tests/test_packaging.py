@@ -137,3 +137,26 @@ def test_the_worker_requirements_command_prints_a_requirements_file():
     requirements = [Requirement(line) for line in lines]
     assert all(len(requirement.specifier) == 1 for requirement in requirements)
     assert any(_canonical(requirement.name) == "apache-beam" for requirement in requirements)
+
+
+def _hadolint(dockerfile: pathlib.Path) -> subprocess.CompletedProcess:
+    binary = pathlib.Path(sys.executable).parent / "hadolint"
+    return subprocess.run(
+        [str(binary), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_dockerfile_passes_hadolint(tmp_path):
+    result = _hadolint(REPO / "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The linter does look: an unpinned apt install in a copy is reported.
+    careless = tmp_path / "Dockerfile"
+    careless.write_text(
+        (REPO / "Dockerfile").read_text() + "\nRUN apt-get update && apt-get install -y curl\n"
+    )
+    reported = _hadolint(careless)
+    assert reported.returncode != 0 and "DL3008" in reported.stdout
