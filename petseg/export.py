@@ -211,9 +211,11 @@ def read_model_info(export_dir: str) -> ModelInfo:
     from apache_beam.io.filesystems import FileSystems
 
     path = FileSystems.join(export_dir, METADATA_FILE)
-    if not FileSystems.exists(export_dir):
-        raise ExportError(f"model directory not found: {export_dir}")
     if not FileSystems.exists(FileSystems.join(export_dir, "saved_model.pb")):
+        # An object store has no folders: there a model folder exists if it holds anything.
+        listed = FileSystems.match([FileSystems.join(export_dir, "*")])[0].metadata_list
+        if not FileSystems.exists(export_dir) and not listed:
+            raise ExportError(f"model directory not found: {export_dir}")
         raise ExportError(f"{export_dir} is not a SavedModel (no saved_model.pb)")
     if not FileSystems.exists(path):
         raise ExportError(f"{export_dir} has no {METADATA_FILE}; export it with train.py")
@@ -294,6 +296,37 @@ def check_export(export_dir: str) -> ModelInfo:
     return info
 
 
+# Remote export folder -> its copy on this machine's disk, one per process.
+_LOCAL_COPIES: dict[str, str] = {}
+
+
+def local_copy(export_dir: str) -> str:
+    """``export_dir`` itself when local, else a copy on local disk made through Beam's filesystems.
+
+    TensorFlow reads ``gs://`` but not ``s3://`` (nor any other Beam
+    filesystem) without more packages; copying first through ``FileSystems``
+    serves a model from wherever the job can read its images. The copy is
+    made once per process, whole or not at all (:func:`staged_directory`).
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if "://" not in export_dir:
+        return export_dir
+    if export_dir in _LOCAL_COPIES:
+        return _LOCAL_COPIES[export_dir]
+    target = os.path.join(tempfile.mkdtemp(prefix="petseg-model-"), "export")
+    prefix = export_dir.rstrip("/") + "/"
+    with staged_directory(target, ".copy-") as staging:
+        for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
+            relative = metadata.path[len(prefix) :]
+            destination = os.path.join(staging, *relative.split("/"))
+            os.makedirs(os.path.dirname(destination), exist_ok=True)
+            with FileSystems.open(metadata.path) as source, open(destination, "wb") as file:
+                shutil.copyfileobj(source, file)
+    _LOCAL_COPIES[export_dir] = target
+    return target
+
+
 def load_serving_model(export_dir: str) -> tuple[Any, ModelInfo]:
     """Loads the SavedModel's serving function, checked against ``petseg.json``.
 
@@ -306,7 +339,7 @@ def load_serving_model(export_dir: str) -> tuple[Any, ModelInfo]:
     """
     info = check_export(export_dir)
     try:
-        loaded = tf.saved_model.load(export_dir)
+        loaded = tf.saved_model.load(local_copy(export_dir))
         function = loaded.signatures[SIGNATURE]
     except Exception as error:
         raise ExportError(f"cannot load SavedModel {export_dir}: {error}") from None

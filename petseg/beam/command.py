@@ -13,6 +13,9 @@ import logging
 import sys
 from typing import Any
 
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
 from petseg.beam.faults import FAULT_PREFIX
 from petseg.beam.io import ERRORS_DIR, join_path
 from petseg.beam.job import DEFAULT_BATCH_SIZE, SegmentConfig, SegmentConfigError, prepare_job
@@ -73,6 +76,9 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
         the same command resumes.
     """
     config, beam_args = parse_known_args(argv)
+    # The driver's own reads and writes (the checks, the run record) go through
+    # the filesystems Beam's flags configure (--s3_endpoint_url and the like).
+    FileSystems.set_options(PipelineOptions(beam_args))
     return run_job(
         prepare_job(config),
         beam_args,

@@ -226,7 +226,8 @@ def check_output(output: str, inputs: Sequence[InputSpec]) -> None:
     probe = join_path(output, WRITE_CHECK_FILE)
     try:
         with FileSystems.create(probe) as file:
-            file.write(b"")
+            # Not empty: Beam's S3 writer cannot write a zero-length object.
+            file.write(b"petseg")
         FileSystems.delete([probe])
     except Exception as error:
         raise SegmentConfigError(

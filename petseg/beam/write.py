@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from PIL import Image, PngImagePlugin
 
 from petseg.beam.faults import EnvironmentFault, with_write_retries
-from petseg.beam.io import error_output, join_path, overlay_relative_path
+from petseg.beam.io import error_output, is_remote, join_path, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
 from petseg.beam.tables import TableFormat
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
@@ -168,6 +168,11 @@ def _write_once(path: str, data: bytes) -> None:
         raise
 
 
+def _delete_if_present(path: str) -> None:
+    if FileSystems.exists(path):
+        FileSystems.delete([path])
+
+
 def write_json(path: str, document: dict[str, Any]) -> None:
     """Writes ``document`` as indented, key-sorted JSON, atomically."""
     write_atomically(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -283,7 +288,13 @@ class _WriteShardFn(beam.DoFn):
         path = shard_name(
             self._directory, self._prefix, index, self._num_shards, self._format.suffix
         )
-        write_atomically(path, self._format.encode(lines))
+        data = self._format.encode(lines)
+        if not data and is_remote(path):
+            # Beam's S3 writer cannot write a zero-length object, so an object
+            # store holds no empty shard; an older one of that name must go.
+            with_write_retries(lambda: _delete_if_present(path), f"cannot delete {path}")
+            return
+        write_atomically(path, data)
         yield path
 
 
