@@ -111,3 +111,15 @@ def test_a_rerun_into_the_bucket_resumes(bucket_run, capsys):
     )
     after = {name: data for name, data in _objects(client, "out").items() if "summary" not in name}
     assert after == before
+
+
+def test_overwrite_clears_the_bucket_and_outputs_without_a_record_are_refused(bucket_run):
+    argv, client, _ = bucket_run
+    # An object store has no folders: --overwrite must delete the prefixes, or
+    # the masks left there would be reused.
+    assert segment_job.main([*argv, "--overwrite"]) == 0
+    summary = json.loads(_objects(client, "out")["summary.json"])
+    assert summary["masks_reused"] == 0 and summary["masks_written"] == len(GOOD_IMAGES)
+
+    client.delete_object(Bucket=BUCKET, Key="out/petseg-run.json")
+    assert segment_job.main(argv) == 2

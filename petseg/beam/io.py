@@ -101,6 +101,18 @@ def normalise_location(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def is_present(path: str, folder: bool = False) -> bool:
+    """Whether a file, or with ``folder`` a folder, is there.
+
+    An object store has no folders: one is there when something lies under its prefix.
+    """
+    if FileSystems.exists(path):
+        return True
+    if not (folder and is_remote(path)):
+        return False
+    return bool(FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list)
+
+
 def join_path(base: str, *parts: str) -> str:
     """Joins with ``/`` on every filesystem (``FileSystems.join`` needs the scheme installed)."""
     return "/".join([base.rstrip("/"), *(part.strip("/") for part in parts)])

@@ -27,30 +27,14 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from petseg.beam.faults import environment_fault, with_write_retries
+from petseg.beam.faults import environment_fault
 from petseg.beam.io import OutputFile, join_path, list_outputs, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, SourceImage
 from petseg.beam.stats import mask_stats
 from petseg.beam.threaded import ThreadedDoFn
-from petseg.beam.write import MaskProvenance, decode_mask
+from petseg.beam.write import MaskProvenance, decode_mask, delete_if_present
 
 INFER_TAG = "infer"
-
-
-def delete_if_present(path: str) -> bool:
-    """Deletes one file, retrying failures; returns whether it was there.
-
-    Raises:
-      EnvironmentFault: the file is there and cannot be deleted.
-    """
-
-    def delete() -> bool:
-        if not FileSystems.exists(path):
-            return False
-        FileSystems.delete([path])
-        return True
-
-    return with_write_retries(delete, f"cannot delete {path}")
 
 
 class ListOutputs(beam.PTransform):

@@ -24,7 +24,7 @@ from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
 
-from petseg.beam.faults import environment_fault, with_write_retries
+from petseg.beam.faults import environment_fault
 from petseg.beam.io import (
     ERRORS_DIR,
     MASKS_DIR,
@@ -33,11 +33,12 @@ from petseg.beam.io import (
     RUN_RECORD_FILE,
     STATS_DIR,
     SUMMARY_FILE,
+    is_present,
     is_remote,
     join_path,
 )
 from petseg.beam.job import SegmentConfigError, SegmentJob
-from petseg.beam.write import read_json, shard_name, write_json
+from petseg.beam.write import delete_if_present, read_json, shard_name, write_json
 
 RECORD_FORMAT = 1
 OUTPUT_FOLDERS = (MASKS_DIR, OVERLAYS_DIR, STATS_DIR, ERRORS_DIR)
@@ -91,16 +92,19 @@ def differences(held: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     ]
 
 
-def _exists(path: str) -> bool:
+def _exists(path: str, folder: bool = False) -> bool:
     try:
-        return FileSystems.exists(path)
+        return is_present(path, folder)
     except Exception as error:
         raise environment_fault(f"cannot look into {path}", error) from error
 
 
 def holds_outputs(output: str) -> bool:
     """Whether OUT holds anything a segmentation run writes."""
-    return any(_exists(join_path(output, name)) for name in (*OUTPUT_FOLDERS, *OUTPUT_FILES))
+    return any(
+        _exists(join_path(output, name), folder=name in OUTPUT_FOLDERS)
+        for name in (*OUTPUT_FOLDERS, *OUTPUT_FILES)
+    )
 
 
 def read_record(output: str) -> dict[str, Any] | None:
@@ -122,14 +126,6 @@ def read_record(output: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else {}
 
 
-def _delete(path: str, folder: bool) -> None:
-    if not _exists(path):
-        return
-    # A remote folder is a prefix: Beam deletes everything under it given a trailing slash.
-    target = path + "/" if folder and is_remote(path) else path
-    with_write_retries(lambda: FileSystems.delete([target]), f"cannot delete {path}")
-
-
 def claim_output(job: SegmentJob, overwrite: bool = False) -> bool:
     """Makes OUT this run's, or refuses; returns whether a previous run's record matched.
 
@@ -147,7 +143,7 @@ def claim_output(job: SegmentJob, overwrite: bool = False) -> bool:
     how = "pass --overwrite to replace what is there, or choose a new --output"
     if overwrite:
         for name in (*OUTPUT_FOLDERS, RUN_RECORD_FILE, *OUTPUT_FILES):
-            _delete(join_path(job.output, name), folder=name in OUTPUT_FOLDERS)
+            delete_if_present(join_path(job.output, name), folder=name in OUTPUT_FOLDERS)
         held = None
     elif held is None and holds_outputs(job.output):
         raise SegmentConfigError(
@@ -160,7 +156,7 @@ def claim_output(job: SegmentJob, overwrite: bool = False) -> bool:
         )
     # The old summary described the old run; this one is not finished yet.
     for name in OUTPUT_FILES:
-        _delete(join_path(job.output, name), folder=False)
+        delete_if_present(join_path(job.output, name))
     if held is None:
         write_json(join_path(job.output, RUN_RECORD_FILE), wanted)
     return held is not None
@@ -185,7 +181,7 @@ def remove_leftovers(job: SegmentJob, pruned: bool) -> None:
             raise environment_fault(f"cannot list {directory}", error) from error
         for metadata in listed:
             if metadata.path not in keep:
-                _delete(metadata.path, folder=False)
+                delete_if_present(metadata.path)
     if not pruned or is_remote(job.output):
         return  # Object stores have no empty folders.
     for name in (MASKS_DIR, OVERLAYS_DIR):

@@ -31,7 +31,7 @@ from apache_beam.metrics import Metrics
 from PIL import Image, PngImagePlugin
 
 from petseg.beam.faults import EnvironmentFault, with_write_retries
-from petseg.beam.io import error_output, is_remote, join_path, overlay_relative_path
+from petseg.beam.io import error_output, is_present, is_remote, join_path, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
 from petseg.beam.tables import TableFormat
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
@@ -168,9 +168,24 @@ def _write_once(path: str, data: bytes) -> None:
         raise
 
 
-def _delete_if_present(path: str) -> None:
-    if FileSystems.exists(path):
-        FileSystems.delete([path])
+def delete_if_present(path: str, folder: bool = False) -> bool:
+    """Deletes a file, or with ``folder`` a folder and all below it; returns whether it was there.
+
+    Failures are retried as writes are (:func:`~petseg.beam.faults.with_write_retries`).
+
+    Raises:
+      EnvironmentFault: it is there and cannot be deleted.
+    """
+    # Beam deletes an object store's whole prefix given a trailing slash.
+    target = path.rstrip("/") + "/" if folder and is_remote(path) else path
+
+    def delete() -> bool:
+        there = is_present(path, folder)
+        if there:
+            FileSystems.delete([target])
+        return there
+
+    return with_write_retries(delete, f"cannot delete {path}")
 
 
 def write_json(path: str, document: dict[str, Any]) -> None:
@@ -292,7 +307,7 @@ class _WriteShardFn(beam.DoFn):
         if not data and is_remote(path):
             # Beam's S3 writer cannot write a zero-length object, so an object
             # store holds no empty shard; an older one of that name must go.
-            with_write_retries(lambda: _delete_if_present(path), f"cannot delete {path}")
+            delete_if_present(path)
             return
         write_atomically(path, data)
         yield path
