@@ -212,9 +212,9 @@ def read_model_info(export_dir: str) -> ModelInfo:
 
     path = FileSystems.join(export_dir, METADATA_FILE)
     if not FileSystems.exists(FileSystems.join(export_dir, "saved_model.pb")):
-        # An object store has no folders: there a model folder exists if it holds anything.
-        listed = FileSystems.match([FileSystems.join(export_dir, "*")])[0].metadata_list
-        if not FileSystems.exists(export_dir) and not listed:
+        from petseg.beam.io import is_present
+
+        if not is_present(export_dir, folder=True):
             raise ExportError(f"model directory not found: {export_dir}")
         raise ExportError(f"{export_dir} is not a SavedModel (no saved_model.pb)")
     if not FileSystems.exists(path):

@@ -92,19 +92,19 @@ class StrictArgumentParser(argparse.ArgumentParser):
         # and "--model is required" hides that it was typed as --modle.
         unknown = self._first_unknown_flag(args)
         if unknown:
-            self.error(unknown_message("flag", unknown, _parser_flags(self)))
+            self.error(unknown_message("flag", unknown, parser_flags(self)))
         parsed, extras = self.parse_known_args(args, namespace)
         if extras:
             flags = [arg for arg in extras if _looks_like_flag(arg)]
             if flags:
                 name = flags[0].split("=", 1)[0]
-                self.error(unknown_message("flag", name, _parser_flags(self)))
+                self.error(unknown_message("flag", name, parser_flags(self)))
             self.error(f"unexpected argument {extras[0]}")
         return parsed
 
     def _first_unknown_flag(self, args: Sequence[str]) -> str | None:
         """The first argument argparse would take for a flag that no parser here defines."""
-        known = set(_parser_flags(self))
+        known = set(parser_flags(self))
         for arg in args:
             if arg == "--":  # the rest are positional arguments
                 return None
@@ -121,7 +121,7 @@ class StrictArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {line}\n")
 
 
-def _parser_flags(parser: argparse.ArgumentParser) -> list[str]:
+def parser_flags(parser: argparse.ArgumentParser) -> list[str]:
     """Every flag ``parser`` and its subcommands' parsers accept."""
     # A subcommand's unknown flags reach the top parser's parse_args, so its flags count there.
     flags = []
@@ -129,7 +129,7 @@ def _parser_flags(parser: argparse.ArgumentParser) -> list[str]:
         flags.extend(action.option_strings)
         if isinstance(action, argparse._SubParsersAction):
             for subparser in action.choices.values():
-                flags.extend(_parser_flags(subparser))
+                flags.extend(parser_flags(subparser))
     return flags
 
 

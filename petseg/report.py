@@ -34,7 +34,7 @@ class ReportError(ValueError):
     """A folder that does not hold a segmentation run."""
 
 
-def _read_json_lines(folder: str) -> list[dict[str, Any]]:
+def _read_records(folder: str) -> list[dict[str, Any]]:
     # JSON Lines or Parquet shards, whichever --stats-format the run wrote.
     paths = [
         *glob.glob(os.path.join(folder, "*.jsonl")),
@@ -54,8 +54,8 @@ def load_run(output: str) -> tuple[dict[str, Any], list[dict[str, Any]], list[di
         raise ReportError(f"{output} is not a segmentation output: no summary.json")
     with open(summary_path, encoding="utf-8") as file:
         summary = json.load(file)
-    stats = _read_json_lines(os.path.join(output, "stats"))
-    errors = _read_json_lines(os.path.join(output, "errors"))
+    stats = _read_records(os.path.join(output, "stats"))
+    errors = _read_records(os.path.join(output, "errors"))
     return summary, stats, errors
 
 

@@ -20,7 +20,13 @@ from petseg.beam.faults import FAULT_PREFIX
 from petseg.beam.io import ERRORS_DIR, join_path
 from petseg.beam.job import DEFAULT_BATCH_SIZE, SegmentConfig, SegmentConfigError, prepare_job
 from petseg.beam.pipeline import JobFailedError, run_job
-from petseg.flags import UnknownFlagError, add_config_flags, check_beam_args, config_values
+from petseg.flags import (
+    UnknownFlagError,
+    add_config_flags,
+    check_beam_args,
+    config_values,
+    parser_flags,
+)
 
 PROG = "petseg-segment"
 DESCRIPTION = (
@@ -50,7 +56,7 @@ def parse_known_args(argv: list[str] | None) -> tuple[SegmentConfig, list[str]]:
     parser = _OneLineParser(prog=PROG, description=DESCRIPTION, allow_abbrev=False)
     add_config_flags(parser, SegmentConfig)
     argv = list(sys.argv[1:] if argv is None else argv)
-    own_flags = [flag for action in parser._actions for flag in action.option_strings]
+    own_flags = parser_flags(parser)
     # Every flag is checked before any is parsed, so a typo is named as one
     # rather than reported as the required flag it was meant to be.
     try:

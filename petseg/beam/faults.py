@@ -92,21 +92,23 @@ def _causes(error: BaseException) -> Iterator[BaseException]:
         yield from _causes(error.__cause__)
 
 
+def _os_error(error: BaseException) -> OSError | None:
+    """The operating system's error behind ``error``, however it was wrapped."""
+    return next(
+        (cause for cause in _causes(error) if isinstance(cause, OSError) and cause.errno),
+        None,
+    )
+
+
 def error_number(error: BaseException) -> int | None:
     """The operating system's error number behind ``error``, however it was wrapped."""
-    for cause in _causes(error):
-        if isinstance(cause, OSError) and cause.errno is not None:
-            return cause.errno
-    return None
+    cause = _os_error(error)
+    return cause.errno if cause is not None else None
 
 
 def describe(error: BaseException) -> str:
     """``OSError: [Errno 28] No space left on device: 'x'``, from the innermost cause."""
-    innermost = error
-    for cause in _causes(error):
-        if isinstance(cause, OSError) and cause.errno is not None:
-            innermost = cause
-            break
+    innermost = _os_error(error) or error
     text = str(innermost).splitlines()[0] if str(innermost) else repr(innermost)
     return f"{type(innermost).__name__}: {text}"
 

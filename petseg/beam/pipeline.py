@@ -42,7 +42,7 @@ from petseg.beam.records import error_line
 from petseg.beam.resume import ListOutputs, PruneOutputs, ReuseMasks
 from petseg.beam.runrecord import claim_output, remove_leftovers
 from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
-from petseg.beam.tables import errors_format, stats_format
+from petseg.beam.tables import TableFormat, errors_format, stats_format
 from petseg.beam.threaded import available_cores
 from petseg.beam.write import WriteMasks, WriteTable, read_json, write_json, write_summary
 
@@ -123,33 +123,25 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
         | "CountErrors" >> beam.ParDo(CountErrorsFn())
     )
 
-    _ = (
-        records
-        | "FormatStats" >> beam.Map(stats_line)
-        | "WriteStats"
-        >> WriteTable(
-            join_path(job.output, STATS_DIR),
-            "stats",
-            job.num_shards,
-            stats_format(job.stats_format, job.model.class_names),
-        )
-    )
-    _ = (
-        errors
-        | "FormatErrors" >> beam.Map(error_line)
-        | "WriteErrors"
-        >> WriteTable(
-            join_path(job.output, ERRORS_DIR),
-            "errors",
-            job.num_shards,
-            errors_format(job.stats_format),
-        )
-    )
+    stats_table = stats_format(job.stats_format, job.model.class_names)
+    _write_table(records, stats_line, STATS_DIR, stats_table, job)
+    _write_table(errors, error_line, ERRORS_DIR, errors_format(job.stats_format), job)
     summary_path = join_path(job.output, SUMMARY_FILE)
     _ = (
         (sources, records, errors, reused_records, pruned)
         | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
         | "WriteSummary" >> beam.Map(write_summary, summary_path)
+    )
+
+
+def _write_table(rows, line, folder: str, table_format: TableFormat, job: SegmentJob) -> None:
+    """Writes ``rows`` as ``OUT/<folder>/<folder>-NNNNN-of-NNNNN.<suffix>`` shards."""
+    name = folder.capitalize()
+    _ = (
+        rows
+        | f"Format{name}" >> beam.Map(line)
+        | f"Write{name}"
+        >> WriteTable(join_path(job.output, folder), folder, job.num_shards, table_format)
     )
 
 

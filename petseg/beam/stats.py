@@ -300,14 +300,17 @@ class SummarizeRun(beam.PTransform):
     def expand(self, inputs):
         matched, records, errors, *resumed = inputs
         matched_count = matched | "CountMatched" >> beam.combiners.Count.Globally()
-        resume_counts = {
-            name: beam.pvalue.AsSingleton(collection | label >> beam.combiners.Count.Globally())
-            for (name, label), collection in zip(
-                (("masks_reused", "CountReused"), ("masks_pruned", "CountPruned")),
-                resumed,
-                strict=False,
-            )
-        }
+        resume_counts = {}
+        if resumed:
+            reused, pruned = resumed
+            resume_counts = {
+                "masks_reused": beam.pvalue.AsSingleton(
+                    reused | "CountReused" >> beam.combiners.Count.Globally()
+                ),
+                "masks_pruned": beam.pvalue.AsSingleton(
+                    pruned | "CountPruned" >> beam.combiners.Count.Globally()
+                ),
+            }
         failures = (
             errors
             | "ExtractStages" >> beam.Map(_stage)
