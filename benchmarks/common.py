@@ -38,10 +38,13 @@ class Sizes:
     warmup_steps: int = 5  # training steps before the timed ones
     train_steps: int = 10  # training steps timed
     accuracy_epochs: int = 20  # each recipe's epochs before comparing accuracy (0: none)
+    small_images: int = 2000  # the scale case's small JPEGs (also 10x as many)
 
 
 # Every measurement once on tiny sizes: checks that all of it runs.
-QUICK = Sizes(16, 1, 64, 0.35, 8, 64, 1, 2, 0)
+QUICK = Sizes(16, 1, 64, 0.35, 8, 64, 1, 2, 0, 16)
+# The scale case's photos: small, so the job's own cost per image dominates.
+SMALL_SIZE = (96, 72)
 
 
 def parse_args(argv: list[str] | None, prog: str, results: str, **switches: str):
@@ -78,20 +81,31 @@ def rate(step: Callable[[], object], items: int, calls: int) -> dict[str, float]
     }
 
 
-def bench_jpegs(workdir: str, count: int) -> tuple[str, list[str]]:
-    """The folder ``workdir/jpegs-<count>`` of photo-like 500 x 375 JPEGs, and their paths.
+def bench_jpegs(
+    workdir: str, count: int, size: tuple[int, int] = OXFORD_MEDIAN_SIZE, per_folder: int = 0
+) -> tuple[str, list[str]]:
+    """A folder under ``workdir`` of ``count`` photo-like JPEGs of ``size``, and their paths.
 
     Each photo is a synthetic pet with grain, the same for the same index;
-    files already there are kept.
+    files already there are kept. With ``per_folder`` the photos lie in
+    subfolders of that many each, as a bucket's images usually do.
     """
     from petseg.data import synthetic_example
 
-    folder = os.path.join(workdir, f"jpegs-{count}")
-    os.makedirs(folder, exist_ok=True)
-    width, height = OXFORD_MEDIAN_SIZE
-    paths = [os.path.join(folder, f"photo_{index:06d}.jpg") for index in range(count)]
+    width, height = size
+    name = f"jpegs-{count}" if size == OXFORD_MEDIAN_SIZE else f"jpegs-{width}x{height}-{count}"
+    folder = os.path.join(workdir, name + (f"-by-{per_folder}" if per_folder else ""))
+    paths = [
+        os.path.join(
+            folder,
+            f"part_{index // per_folder:04d}" if per_folder else "",
+            f"photo_{index:06d}.jpg",
+        )
+        for index in range(count)
+    ]
     for index, path in enumerate(paths):
         if not os.path.exists(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             image, _ = synthetic_example(index, 256, seed=11)
             photo = Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR)
             grain = np.random.default_rng(index).normal(0, 6, (height, width, 3))
@@ -154,25 +168,30 @@ def fresh_folder(parent: str, prefix: str) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def peak_rss_mib(argv: list[str]) -> float:
-    """Runs ``argv`` in a fresh child and returns its peak resident memory in MiB.
+def child_usage(argv: list[str]) -> dict[str, float]:
+    """Runs ``argv`` in a fresh child: its peak resident memory in MiB, CPU and wall seconds.
 
     A wrapper process runs the command and reports the largest resident set
-    of its own children, so nothing this process ran before counts.
+    and the CPU time of its own children (the command's worker processes
+    included), so nothing this process ran before counts.
 
     Raises:
       RuntimeError: the command failed.
     """
     wrapper = (
         "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(code)"
+        "use = resource.getrusage(resource.RUSAGE_CHILDREN); "
+        "print(use.ru_maxrss, use.ru_utime + use.ru_stime); sys.exit(code)"
     )
+    started = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, check=False
     )
+    wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr[-2000:]}")
-    return int(done.stdout.strip().splitlines()[-1]) / 1024.0
+    rss, cpu = done.stdout.strip().splitlines()[-1].split()
+    return {"peak_rss_mib": int(rss) / 1024.0, "cpu_seconds": float(cpu), "wall_seconds": wall}
 
 
 def table(header: tuple[str, ...], rows: list[tuple]) -> list[str]:

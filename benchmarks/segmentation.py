@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.common import Sizes, bench_jpegs, fresh_folder, medians, peak_rss_mib, rate
+from benchmarks.common import (
+    SMALL_SIZE,
+    Sizes,
+    bench_jpegs,
+    child_usage,
+    export_bench_model,
+    fresh_folder,
+    medians,
+    rate,
+)
 
 # beam_jobs.segment's flags for DirectRunner's multi_processing mode with 2 workers.
 TWO_PROCESSES = ("--direct_running_mode", "multi_processing", "--direct_num_workers", "2")
@@ -83,17 +92,18 @@ class Job:
         }
 
     def memory(self, input_dir: str, count: int) -> dict[str, float]:
-        """Peak resident MiB of the job run as a command in a fresh process, and the
-        images/s of its summary (from submitting the pipeline to its end)."""
+        """The job run as a command in a fresh process: its peak resident MiB, CPU and
+        wall seconds (:func:`benchmarks.common.child_usage`), and the images/s of its
+        summary (from submitting the pipeline to its end)."""
         from beam_jobs.segment import SUMMARY_FILE
         from petseg.beam.write import read_json
 
         with fresh_folder(self.workdir, "rss-") as output:
             command = [sys.executable, "-m", "beam_jobs.segment", *self.flags(input_dir, output)]
-            mib = peak_rss_mib(command)
+            usage = child_usage(command)
             summary = read_json(os.path.join(output, SUMMARY_FILE))
         check_summary(summary, count)
-        return {"peak_rss_mib": mib, "images_per_second": float(summary["images_per_second"])}
+        return {**usage, "images_per_second": float(summary["images_per_second"])}
 
 
 def check_summary(summary: dict, count: int) -> None:
@@ -162,4 +172,55 @@ def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
     result["memory_N"] = jobs["job_in_process"].memory(folder, sizes.images)
     large, _ = bench_jpegs(workdir, 5 * sizes.images)
     result["memory_5N"] = jobs["job_in_process"].memory(large, 5 * sizes.images)
+    return result
+
+
+def scale(workdir: str, sizes: Sizes) -> dict:
+    """The job's own cost at scale: a near-free model (64 px, alpha 0.35) over
+    ``sizes.small_images`` (N) and 10N small JPEGs in folders of 100.
+
+    Each round runs the job as a command on N, then on 10N. The marginal cost
+    per image, ``(t_10N - t_N) / 9N`` in wall and CPU milliseconds, leaves out
+    start-up; the model's own CPU per image, measured alone on the same
+    batches, is subtracted to give the job's CPU per image outside the model.
+
+    Returns:
+      Medians and runs of ``seconds_N``, ``seconds_10N``, ``marginal_ms_per_image``
+      and ``marginal_cpu_ms_per_image``; ``model_cpu_ms_per_image``,
+      ``outside_model_cpu_ms_per_image``, and ``peak_rss_mib_N`` and ``_10N``.
+    """
+    export_dir = export_bench_model(workdir, Sizes(image_size=64, alpha=0.35))
+    counts = {"N": sizes.small_images, "10N": 10 * sizes.small_images}
+    folders = {
+        key: bench_jpegs(workdir, n, SMALL_SIZE, per_folder=100)[0] for key, n in counts.items()
+    }
+    job = Job(export_dir, workdir, sizes.batch_size)
+    call, size = model_call(export_dir)
+    runs = []
+    for round_number in range(sizes.repeats):
+        usage = {key: job.memory(folders[key], n) for key, n in counts.items()}
+        extra = 9 * counts["N"]
+        runs.append(
+            {
+                **{f"seconds_{key}": use["wall_seconds"] for key, use in usage.items()},
+                **{f"peak_rss_mib_{key}": use["peak_rss_mib"] for key, use in usage.items()},
+                "marginal_ms_per_image": 1000
+                * (usage["10N"]["wall_seconds"] - usage["N"]["wall_seconds"])
+                / extra,
+                "marginal_cpu_ms_per_image": 1000
+                * (usage["10N"]["cpu_seconds"] - usage["N"]["cpu_seconds"])
+                / extra,
+                "model_cpu_ms_per_image": serving_rate(call, size, sizes.batch_size, 20)[
+                    "cpu_ms_per_image"
+                ],
+            }
+        )
+        print(
+            f"  scale round {round_number + 1}: {runs[-1]['marginal_ms_per_image']:.2f} ms/image",
+            flush=True,
+        )
+    result = medians(runs)
+    result["outside_model_cpu_ms_per_image"] = (
+        result["marginal_cpu_ms_per_image"] - result["model_cpu_ms_per_image"]
+    )
     return result

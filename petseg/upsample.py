@@ -10,18 +10,19 @@ boundary between model pixels where the classes' scores cross.
 Both ``train.py evaluate`` and the Beam segmentation job use these
 functions, so offline scores describe exactly the masks users get.
 
-Implementation: ``tf.image.resize(method="bilinear")`` (half-pixel centres,
-the same sampling grid as Pillow's bilinear resize used on the input)
-resizes all C channels in one call on any device, then
-:func:`mask_and_confidence` reduces contiguous class planes in NumPy: the
-fastest of the alternatives measured (figures: docs/benchmarks.md, "Where
-the targets are missed, and why").
+Implementation: the C class planes are resized as a batch of C
+one-channel images by TensorFlow's bilinear kernel (``ResizeBilinear`` with
+half-pixel centres, the kernel behind ``tf.image.resize`` and the same
+sampling grid as Pillow's bilinear resize used on the input), called as the
+raw op: for a mask of a few thousand pixels, ``tf.image.resize``'s Python
+wrapping cost more than the resize. The planes come out contiguous, so
+:func:`mask_and_confidence_of_planes` reduces them in NumPy without
+transposing first (figures: docs/benchmarks.md, "Pipeline cost").
 """
 
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 
 def _check_size(size: tuple[int, int]) -> tuple[int, int]:
@@ -31,15 +32,15 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def upsample_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
-    """Resizes class probabilities bilinearly to ``size``.
+def upsample_planes(probabilities, size: tuple[int, int]) -> np.ndarray:
+    """Resizes class probabilities bilinearly to ``size``, as one plane per class.
 
     Args:
       probabilities: float ``[S, S, C]`` (or ``[N, S, S, C]``), numpy or tensor.
       size: target ``(height, width)``.
 
     Returns:
-      float32 numpy array ``[height, width, C]`` (or ``[N, height, width, C]``).
+      float32 numpy array ``[C, height, width]`` (or ``[N, C, height, width]``).
       Each pixel is a convex combination of four model pixels, so it still
       sums to 1 over classes.
 
@@ -47,30 +48,45 @@ def upsample_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
       ValueError: not a 3-D or 4-D array, or a non-positive size.
     """
     height, width = _check_size(size)
-    probabilities = tf.convert_to_tensor(probabilities, tf.float32)
-    if probabilities.shape.rank not in (3, 4):
+    probabilities = np.asarray(probabilities, np.float32)
+    if probabilities.ndim not in (3, 4):
         raise ValueError(
             f"probabilities must be [S, S, C] or [N, S, S, C], got shape {probabilities.shape}"
         )
-    if tuple(probabilities.shape[-3:-1]) == (height, width):
-        return probabilities.numpy()
-    # Pinned to the CPU so a GPU worker writes the same masks as a CPU one.
-    with tf.device("/CPU:0"):
-        return tf.image.resize(probabilities, (height, width), method="bilinear").numpy()
+    batch = probabilities if probabilities.ndim == 4 else probabilities[None]
+    count, rows, columns, classes = batch.shape
+    # Channels last -> one image per class plane: [N * C, S, S, 1].
+    planes = np.ascontiguousarray(np.moveaxis(batch, -1, 1)).reshape(-1, rows, columns, 1)
+    if (rows, columns) != (height, width):
+        # Imported here: the job's driver builds its pipeline without TensorFlow.
+        import tensorflow as tf
+
+        # Pinned to the CPU so a GPU worker writes the same masks as a CPU one.
+        with tf.device("/CPU:0"):
+            planes = tf.raw_ops.ResizeBilinear(
+                images=planes, size=(height, width), half_pixel_centers=True
+            ).numpy()
+    planes = planes.reshape(count, classes, height, width)
+    return planes if probabilities.ndim == 4 else planes[0]
 
 
-def mask_and_confidence(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Argmax over the last axis and the winning probability, in one pass.
+def upsample_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
+    """:func:`upsample_planes`, channels last: float32 ``[height, width, C]`` (or
+    ``[N, height, width, C]``)."""
+    return np.moveaxis(upsample_planes(probabilities, size), -3, -1)
 
-    Equal to ``np.argmax`` / ``np.max`` over classes (ties go to the lower
-    class index), but a loop over the few class planes, each first made
-    contiguous, runs many times faster than NumPy's reductions along a short
-    last axis.
+
+def mask_and_confidence_of_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Argmax over class planes ``[C, ..., H, W]`` and the winning probability, in one pass.
+
+    Equal to ``np.argmax`` / ``np.max`` over the first axis (ties go to the
+    lower class index), but a loop over the few contiguous planes runs many
+    times faster than NumPy's reductions across them.
 
     Returns:
       ``(uint8 class indices [..., H, W], float32 confidence [..., H, W])``.
     """
-    planes = np.ascontiguousarray(np.moveaxis(np.asarray(probabilities, np.float32), -1, 0))
+    planes = np.asarray(planes, np.float32)
     confidence = planes[0].copy()
     mask = np.zeros(confidence.shape, np.uint8)
     for index in range(1, len(planes)):
@@ -78,6 +94,13 @@ def mask_and_confidence(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarr
         np.copyto(mask, np.uint8(index), where=better)
         np.maximum(confidence, planes[index], out=confidence)
     return mask, confidence
+
+
+def mask_and_confidence(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`mask_and_confidence_of_planes` for channels-last ``[..., H, W, C]``
+    probabilities, whose class planes are made contiguous first."""
+    planes = np.ascontiguousarray(np.moveaxis(np.asarray(probabilities, np.float32), -1, 0))
+    return mask_and_confidence_of_planes(planes)
 
 
 def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -90,6 +113,8 @@ def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) ->
     Returns:
       uint8 class indices ``[height, width]`` (or ``[N, height, width]``).
     """
-    if size is not None:
-        probabilities = upsample_probabilities(probabilities, size)
-    return mask_and_confidence(probabilities)[0]
+    if size is None:
+        return mask_and_confidence(probabilities)[0]
+    planes = upsample_planes(probabilities, size)
+    # [C, H, W] or [N, C, H, W]: classes first for the reduction.
+    return mask_and_confidence_of_planes(np.moveaxis(planes, -3, 0))[0]

@@ -43,6 +43,10 @@ def test_quick_bench_reports_every_figure(workdir, tmp_path):
     assert segment["model_limit"]["cpu_ms_per_image"] > 0
     assert all(segment[name]["peak_rss_mib"] > 0 for name in ("memory_N", "memory_5N"))
     assert all(len(segment[name]["runs"]) == 1 for name in ("model_limit", "naive_loop"))
+    scale = results["scale"]
+    assert all(scale[f"peak_rss_mib_{key}"] > 0 for key in ("N", "10N"))
+    assert 0 < scale["seconds_N"] and 0 < scale["model_cpu_ms_per_image"]
+    assert len(scale["runs"]) == 1
     # At 16 images the steady-state difference is noise, but every ratio is a number.
     assert set(results["ratios"]) == set(run.TARGETS)
     assert all(math.isfinite(value) for value in results["ratios"].values())
@@ -59,7 +63,13 @@ def test_quick_bench_reports_every_figure(workdir, tmp_path):
     assert table.startswith("Measured ")
     for what, _, _ in run.TARGETS.values():
         assert what in table
-    for row in ("model limit", "2 processes", "naive loop", "petseg_float32 (float32)"):
+    for row in (
+        "model limit",
+        "2 processes",
+        "naive loop",
+        "petseg_float32 (float32)",
+        "160 (10N)",
+    ):
         assert row in table
     # Every job wrote into a fresh OUT, removed after it.
     assert scratch_left(workdir) == []
@@ -129,12 +139,15 @@ def test_the_job_must_infer_every_mask_itself():
         segmentation.check_summary({"masks_written": 15, "masks_reused": 0}, 16)
 
 
-def test_peak_memory_is_the_childs_own():
-    big = common.peak_rss_mib([sys.executable, "-c", "data = b'x' * (200 << 20)"])
-    small = common.peak_rss_mib([sys.executable, "-c", "pass"])
-    assert small < 100 < 200 < big
+def test_peak_memory_and_cpu_are_the_childs_own():
+    spin = "import time; end = time.process_time() + 0.5\nwhile time.process_time() < end: pass"
+    big = common.child_usage([sys.executable, "-c", "data = b'x' * (200 << 20)"])
+    small = common.child_usage([sys.executable, "-c", "pass"])
+    busy = common.child_usage([sys.executable, "-c", spin])
+    assert small["peak_rss_mib"] < 100 < 200 < big["peak_rss_mib"]
+    assert small["cpu_seconds"] < 0.5 <= busy["cpu_seconds"] <= busy["wall_seconds"] + 0.1
     with pytest.raises(RuntimeError, match="failed"):
-        common.peak_rss_mib([sys.executable, "-c", "raise SystemExit(3)"])
+        common.child_usage([sys.executable, "-c", "raise SystemExit(3)"])
 
 
 def test_bench_photos_are_the_same_every_time(tmp_path):
@@ -147,6 +160,17 @@ def test_bench_photos_are_the_same_every_time(tmp_path):
     written = os.stat(paths[0]).st_mtime_ns
     assert common.bench_jpegs(str(tmp_path / "a"), 2) == (folder, paths)
     assert os.stat(paths[0]).st_mtime_ns == written  # kept, not written again
+
+    nested, small = common.bench_jpegs(str(tmp_path / "a"), 5, common.SMALL_SIZE, per_folder=2)
+    assert nested != folder
+    assert [os.path.relpath(path, nested).split(os.sep)[0] for path in small] == [
+        "part_0000",
+        "part_0000",
+        "part_0001",
+        "part_0001",
+        "part_0002",
+    ]
+    assert Image.open(small[4]).size == common.SMALL_SIZE
 
 
 def test_tutorial_model_is_petsegs_network_in_keras_stock_layers(tmp_path):

@@ -30,15 +30,25 @@ class FileTooLargeError(ValueError):
     """A file bigger than the job's byte limit."""
 
 
-def read_file(path: str, max_bytes: int) -> bytes:
+def read_file(path: str, max_bytes: int, expected_bytes: int = 0) -> bytes:
     """Reads a whole file through Beam's filesystems, refusing more than ``max_bytes``.
+
+    Args:
+      path: the file.
+      max_bytes: the most it may hold.
+      expected_bytes: its size as listed. The first read asks for one byte
+        more, so a file that did not grow is read in one call, without a
+        buffer of ``max_bytes`` allocated up front.
 
     Raises:
       FileTooLargeError: the file holds more than ``max_bytes`` bytes.
       OSError: (or a filesystem's own error) the file cannot be read.
     """
+    first = min(expected_bytes, max_bytes) + 1
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-        data = file.read(max_bytes + 1)
+        data = file.read(first)
+        if len(data) == first:  # Grown since it was listed: read on, up to the limit.
+            data += file.read(max_bytes + 1 - len(data))
     if len(data) > max_bytes:
         raise FileTooLargeError(f"file is larger than the limit of {max_bytes} bytes")
     return data
@@ -83,7 +93,7 @@ class DecodeImageFn(ThreadedDoFn):
                 raise FileTooLargeError(
                     f"file is {source.size_bytes} bytes, over the limit of {self._max_bytes}"
                 )
-            data = read_file(source.path, self._max_bytes)
+            data = read_file(source.path, self._max_bytes, source.size_bytes)
         except FileTooLargeError as error:
             return [error_output(source.path, "read", error)]
         except Exception as error:

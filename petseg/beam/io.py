@@ -302,8 +302,16 @@ def _first_input(element: tuple[str, Iterable[tuple[int, str, int, str]]]) -> So
     return SourceImage(path, relative, size, refused=refusal)
 
 
+def _only_input(element: tuple[str, tuple[int, str, int, str]]) -> SourceImage:
+    path, (_, relative, size, refusal) = element
+    return SourceImage(path, relative, size, refused=refusal)
+
+
 class MatchImages(beam.PTransform):
     """Matches every input and yields each distinct image file once, as a :class:`SourceImage`.
+
+    Several inputs may match one file, so their matches are grouped by path;
+    one input lists each file once, and needs no grouping.
 
     Args:
       inputs: the resolved inputs (see :func:`resolve_input`).
@@ -316,10 +324,15 @@ class MatchImages(beam.PTransform):
         self._extensions = tuple(extensions)
 
     def expand(self, pipeline):
-        return (
+        listed = (
             pipeline
             | "CreateInputs" >> beam.Create(list(enumerate(self._inputs)))
             | "ListFiles" >> beam.ParDo(MatchInputFn(self._extensions))
+        )
+        if len(self._inputs) == 1:
+            return listed | "ToSources" >> beam.Map(_only_input)
+        return (
+            listed
             | "GroupByPath" >> beam.GroupByKey()
             | "DeduplicatePaths" >> beam.Map(_first_input)
         )

@@ -89,8 +89,9 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     )
     model_inputs, decode_errors = (
         (new_sources, changed_sources)
+        # No reshuffle: the grouping by mask path has spread the images over
+        # the workers already, one key each.
         | "FlattenSourcesToSegment" >> beam.Flatten()
-        | "ReshuffleImages" >> beam.Reshuffle()
         | "DecodeImages"
         >> DecodeImages(
             job.model.image_size,

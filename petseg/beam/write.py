@@ -16,6 +16,7 @@ only a mask name too long for OUT's filesystem is the image's own error.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import uuid
 import zlib
@@ -46,6 +47,10 @@ PNG_COMPRESS_LEVEL = 1
 PNG_STRATEGY = zlib.Z_RLE
 # The PNG text chunk keyword of a mask's provenance.
 PROVENANCE_KEY = "petseg"
+# Temporary names: a random token per process, then a counter (cheaper than
+# a fresh uuid4 per file, and as unique): 32 hex digits in all.
+_PROCESS_TOKEN = uuid.uuid4().hex[:16]
+_temporaries = itertools.count()
 CONFIDENCE_DECIMALS = 6
 JSON_LINES = TableFormat("jsonl")
 
@@ -155,7 +160,7 @@ def write_atomically(path: str, data: bytes) -> None:
 
 def _write_once(path: str, data: bytes) -> None:
     folder, _, name = path.rpartition("/")
-    temporary = f"{folder}/.{name}{TEMP_MARKER}{uuid.uuid4().hex}"
+    temporary = f"{folder}/.{name}{TEMP_MARKER}{_PROCESS_TOKEN}{next(_temporaries):016x}"
     try:
         with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as file:
             file.write(data)
