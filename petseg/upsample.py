@@ -87,9 +87,13 @@ def mask_and_confidence_of_planes(planes: np.ndarray) -> tuple[np.ndarray, np.nd
       ``(uint8 class indices [..., H, W], float32 confidence [..., H, W])``.
     """
     planes = np.asarray(planes, np.float32)
-    confidence = planes[0].copy()
-    mask = np.zeros(confidence.shape, np.uint8)
-    for index in range(1, len(planes)):
+    if len(planes) == 1:
+        return np.zeros(planes[0].shape, np.uint8), planes[0].copy()
+    # The first two classes in two passes: a boolean "class 1 wins" is already
+    # the uint8 class map (True is 1), and their maximum is the confidence.
+    mask = np.greater(planes[1], planes[0]).view(np.uint8)
+    confidence = np.maximum(planes[0], planes[1])
+    for index in range(2, len(planes)):
         better = planes[index] > confidence
         np.copyto(mask, np.uint8(index), where=better)
         np.maximum(confidence, planes[index], out=confidence)

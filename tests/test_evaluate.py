@@ -192,3 +192,15 @@ def test_mask_and_confidence_equal_numpy_argmax_and_max_ties_included():
     np.testing.assert_array_equal(mask, np.argmax(probabilities, axis=-1))
     np.testing.assert_array_equal(confidence, np.max(probabilities, axis=-1))
     assert mask.dtype == np.uint8 and (mask[0, 0, 0], mask[0, 0, 1]) == (0, 1)
+
+
+@pytest.mark.parametrize("classes", [1, 2, 4])
+def test_mask_and_confidence_of_planes_for_any_number_of_classes(classes):
+    from petseg.upsample import mask_and_confidence_of_planes
+
+    planes = np.random.default_rng(classes).random((classes, 5, 6)).astype(np.float32)
+    planes[:, 0, 0] = 0.5  # every class tied: the lowest index wins
+    mask, confidence = mask_and_confidence_of_planes(planes)
+    np.testing.assert_array_equal(mask, np.argmax(planes, axis=0))
+    np.testing.assert_array_equal(confidence, np.max(planes, axis=0))
+    assert mask.dtype == np.uint8 and mask[0, 0] == 0
