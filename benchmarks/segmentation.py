@@ -177,50 +177,31 @@ def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
 
 def scale(workdir: str, sizes: Sizes) -> dict:
     """The job's own cost at scale: a near-free model (64 px, alpha 0.35) over
-    ``sizes.small_images`` (N) and 10N small JPEGs in folders of 100.
+    ``sizes.small_images`` (N), then 10N, JPEGs of 96 x 72 in folders of 100.
 
-    Each round runs the job as a command on N, then on 10N. The marginal cost
-    per image, ``(t_10N - t_N) / 9N`` in wall and CPU milliseconds, leaves out
-    start-up; the model's own CPU per image, measured alone on the same
-    batches, is subtracted to give the job's CPU per image outside the model.
-
-    Returns:
-      Medians and runs of ``seconds_N``, ``seconds_10N``, ``marginal_ms_per_image``
-      and ``marginal_cpu_ms_per_image``; ``model_cpu_ms_per_image``,
-      ``outside_model_cpu_ms_per_image``, and ``peak_rss_mib_N`` and ``_10N``.
+    The job runs as a command (:meth:`Job.memory`). Its marginal wall and CPU
+    ms per image, ``(t_10N - t_N) / 9N``, leave start-up out; less the model's
+    own CPU per image (its call alone), they give the job's CPU outside the
+    model. Returns medians and runs, and each size's seconds and peak RSS.
     """
     export_dir = export_bench_model(workdir, Sizes(image_size=64, alpha=0.35))
     counts = {"N": sizes.small_images, "10N": 10 * sizes.small_images}
-    folders = {
-        key: bench_jpegs(workdir, n, SMALL_SIZE, per_folder=100)[0] for key, n in counts.items()
-    }
-    job = Job(export_dir, workdir, sizes.batch_size)
-    call, size = model_call(export_dir)
+    folders = {key: bench_jpegs(workdir, n, SMALL_SIZE, 100)[0] for key, n in counts.items()}
+    job, (call, size) = Job(export_dir, workdir, sizes.batch_size), model_call(export_dir)
     runs = []
-    for round_number in range(sizes.repeats):
-        usage = {key: job.memory(folders[key], n) for key, n in counts.items()}
-        extra = 9 * counts["N"]
-        runs.append(
-            {
-                **{f"seconds_{key}": use["wall_seconds"] for key, use in usage.items()},
-                **{f"peak_rss_mib_{key}": use["peak_rss_mib"] for key, use in usage.items()},
-                "marginal_ms_per_image": 1000
-                * (usage["10N"]["wall_seconds"] - usage["N"]["wall_seconds"])
-                / extra,
-                "marginal_cpu_ms_per_image": 1000
-                * (usage["10N"]["cpu_seconds"] - usage["N"]["cpu_seconds"])
-                / extra,
-                "model_cpu_ms_per_image": serving_rate(call, size, sizes.batch_size, 20)[
-                    "cpu_ms_per_image"
-                ],
-            }
-        )
-        print(
-            f"  scale round {round_number + 1}: {runs[-1]['marginal_ms_per_image']:.2f} ms/image",
-            flush=True,
-        )
+    for _ in range(sizes.repeats):
+        use = {key: job.memory(folders[key], n) for key, n in counts.items()}
+        run = {
+            f"{name}_{key}": use[key][figure]
+            for key in counts
+            for name, figure in (("seconds", "wall_seconds"), ("peak_rss_mib", "peak_rss_mib"))
+        }
+        for name, figure in (("marginal_ms", "wall_seconds"), ("marginal_cpu_ms", "cpu_seconds")):
+            extra = use["10N"][figure] - use["N"][figure]
+            run[f"{name}_per_image"] = 1000 * extra / (9 * counts["N"])
+        model = serving_rate(call, size, sizes.batch_size, 20)
+        runs.append({**run, "model_cpu_ms_per_image": model["cpu_ms_per_image"]})
+        print(f"  scale: {run['marginal_ms_per_image']:.2f} ms per image", flush=True)
     result = medians(runs)
-    result["outside_model_cpu_ms_per_image"] = (
-        result["marginal_cpu_ms_per_image"] - result["model_cpu_ms_per_image"]
-    )
-    return result
+    outside = result["marginal_cpu_ms_per_image"] - result["model_cpu_ms_per_image"]
+    return {**result, "outside_model_cpu_ms_per_image": outside}

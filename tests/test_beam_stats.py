@@ -9,6 +9,7 @@ import time
 
 import apache_beam as beam
 import numpy as np
+import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -112,6 +113,38 @@ def test_reconcile_flags_a_missing_file():
     assert good["failed_by_stage"]["decode"] == 2 and good["failed_by_stage"]["write"] == 0
     bad = reconcile(image_summary, matched=8, failures_by_stage={"decode": 2})
     assert not bad["reconciliation"]["ok"] and bad["reconciliation"]["difference"] == 1
+
+
+def test_run_summary_is_the_same_whichever_way_its_elements_are_split_and_merged():
+    from petseg.beam.stats import RunSummaryCombineFn
+
+    combine_fn = RunSummaryCombineFn(CLASS_NAMES, "m1")
+    elements = [("record", record) for record in _records()]
+    elements += [("matched", None)] * 7 + [("reused", None)] * 2 + [("pruned", None)]
+    elements += [("failed", "decode"), ("failed", "write")]
+
+    def combined(parts) -> dict:
+        accumulators = []
+        for part in parts:
+            accumulator = combine_fn.create_accumulator()
+            for element in part:
+                accumulator = combine_fn.add_input(accumulator, element)
+            accumulators.append(accumulator)
+        return combine_fn.extract_output(combine_fn.merge_accumulators(accumulators))
+
+    whole = combined([elements])
+    assert combined([elements[::2], elements[1::2], []]) == whole
+    assert combined([list(reversed(elements))]) == whole
+    expected = reconcile(
+        _combine(SummaryCombineFn(CLASS_NAMES, "m1"), [_records()]),
+        matched=7,
+        failures_by_stage={"decode": 1, "write": 1},
+        masks_reused=2,
+        masks_pruned=1,
+    )
+    assert whole == expected and whole["reconciliation"]["ok"]
+    with pytest.raises(ValueError, match="unknown kind"):
+        combine_fn.add_input(combine_fn.create_accumulator(), ("mask", None))
 
 
 def test_summarize_run_under_test_pipeline():

@@ -255,10 +255,6 @@ def stats_line(record: dict[str, Any]) -> tuple[str, str]:
     return record["path"], json.dumps(record, sort_keys=True)
 
 
-def _stage(error: ErrorRecord) -> str:
-    return error.stage
-
-
 class CountErrorsFn(beam.DoFn):
     """Passes errors through, counting them in ``failed`` and ``failed_<stage>``.
 
@@ -280,12 +276,91 @@ class CountErrorsFn(beam.DoFn):
         yield error
 
 
+@dataclass
+class RunAccumulator:
+    """A run's counts beside its image sums: integers only, like :class:`SummaryAccumulator`."""
+
+    images: SummaryAccumulator
+    matched: int = 0
+    reused: int = 0
+    pruned: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+
+
+# The kinds of element :class:`RunSummaryCombineFn` counts, tagged by :class:`SummarizeRun`.
+_COUNTED = ("matched", "reused", "pruned")
+
+
+class RunSummaryCombineFn(beam.CombineFn):
+    """``(kind, value)`` elements of a whole run -> its summary (see :func:`reconcile`).
+
+    A ``("record", statistics record)`` adds an image to :class:`SummaryCombineFn`'s
+    sums, a ``("failed", stage)`` counts a failure, and ``("matched" | "reused" |
+    "pruned", None)`` counts one of those. One combine instead of one per count
+    keeps the pipeline short: every step costs the runner time to build and start.
+
+    Args:
+      class_names: the model's classes.
+      model_id: the model's id.
+    """
+
+    def __init__(self, class_names: Sequence[str], model_id: str):
+        self._images = SummaryCombineFn(class_names, model_id)
+
+    def create_accumulator(self) -> RunAccumulator:
+        return RunAccumulator(self._images.create_accumulator())
+
+    def add_input(self, accumulator: RunAccumulator, element: tuple[str, Any]) -> RunAccumulator:
+        kind, value = element
+        if kind == "record":
+            self._images.add_input(accumulator.images, value)
+        elif kind == "failed":
+            accumulator.failures[value] = accumulator.failures.get(value, 0) + 1
+        elif kind in _COUNTED:
+            setattr(accumulator, kind, getattr(accumulator, kind) + 1)
+        else:
+            raise ValueError(f"unknown kind of element {kind!r}")
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[RunAccumulator]) -> RunAccumulator:
+        accumulators = list(accumulators)
+        merged = self.create_accumulator()
+        merged.images = self._images.merge_accumulators(a.images for a in accumulators)
+        for accumulator in accumulators:
+            for kind in _COUNTED:
+                setattr(merged, kind, getattr(merged, kind) + getattr(accumulator, kind))
+            for stage, count in accumulator.failures.items():
+                merged.failures[stage] = merged.failures.get(stage, 0) + count
+        return merged
+
+    def extract_output(self, accumulator: RunAccumulator) -> dict[str, Any]:
+        return reconcile(
+            self._images.extract_output(accumulator.images),
+            matched=accumulator.matched,
+            failures_by_stage=accumulator.failures,
+            masks_reused=accumulator.reused,
+            masks_pruned=accumulator.pruned,
+        )
+
+
+def _counted(element: Any, kind: str) -> tuple[str, None]:
+    return kind, None
+
+
+def _record(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    return "record", record
+
+
+def _failure(error: ErrorRecord) -> tuple[str, str]:
+    return "failed", error.stage
+
+
 class SummarizeRun(beam.PTransform):
     """``(matched sources, statistics records, errors)`` -> the one-element summary.
 
     Two more collections may follow, for a resumed run: the statistics records
     of reused masks (a subset of the records) and the pruned masks; each
-    element counts one.
+    element counts one. All of them meet in one :class:`RunSummaryCombineFn`.
 
     Args:
       class_names: the model's classes.
@@ -299,32 +374,18 @@ class SummarizeRun(beam.PTransform):
 
     def expand(self, inputs):
         matched, records, errors, *resumed = inputs
-        matched_count = matched | "CountMatched" >> beam.combiners.Count.Globally()
-        resume_counts = {}
+        tagged = [
+            matched | "TagMatched" >> beam.Map(_counted, "matched"),
+            records | "TagRecords" >> beam.Map(_record),
+            errors | "TagFailures" >> beam.Map(_failure),
+        ]
         if resumed:
             reused, pruned = resumed
-            resume_counts = {
-                "masks_reused": beam.pvalue.AsSingleton(
-                    reused | "CountReused" >> beam.combiners.Count.Globally()
-                ),
-                "masks_pruned": beam.pvalue.AsSingleton(
-                    pruned | "CountPruned" >> beam.combiners.Count.Globally()
-                ),
-            }
-        failures = (
-            errors
-            | "ExtractStages" >> beam.Map(_stage)
-            | "CountFailures" >> beam.combiners.Count.PerElement()
-        )
+            tagged.append(reused | "TagReused" >> beam.Map(_counted, "reused"))
+            tagged.append(pruned | "TagPruned" >> beam.Map(_counted, "pruned"))
         return (
-            records
-            | "CombineStats"
-            >> beam.CombineGlobally(SummaryCombineFn(self._class_names, self._model_id))
-            | "ReconcileCounts"
-            >> beam.Map(
-                reconcile,
-                matched=beam.pvalue.AsSingleton(matched_count),
-                failures_by_stage=beam.pvalue.AsDict(failures),
-                **resume_counts,
-            )
+            tagged
+            | "FlattenRun" >> beam.Flatten()
+            | "CombineRun"
+            >> beam.CombineGlobally(RunSummaryCombineFn(self._class_names, self._model_id))
         )
