@@ -98,22 +98,41 @@ def test_outputs_leave_in_input_order_and_in_flight_stays_bounded():
     assert [output.value for output in emitted] == [n * n for n in range(30)]
 
 
+class Gated(ThreadedDoFn):
+    """Squares numbers; the ``held`` ones wait in ``work`` until ``gate`` opens."""
+
+    def __init__(self, held, threads=None, max_in_flight=None):
+        super().__init__(threads, max_in_flight)
+        self.held = set(held)
+        self.gate = threading.Event()
+        self.finished = threading.Semaphore(0)
+
+    def work(self, number: int) -> list:
+        if number in self.held:
+            assert self.gate.wait(10), "the gate never opened"
+            self.finished.release()
+        return [number * number]
+
+
 def test_each_new_element_lets_at_most_one_finished_element_out():
     # Finished elements leave one per new element, not in a burst: the pool
     # stays full while a slow next step works through what it was given.
-    fn = SlowSquares(threads=2, max_in_flight=4)
+    numbers = [4, 9, 14, 19, 0, 5, 10, 15, 20, 25]
+    fn = Gated(held=numbers[:4], threads=2, max_in_flight=4)
     fn.setup()
     fn.start_bundle()
-    numbers = [4, 9, 14, 19, 0, 5, 10, 15, 20, 25]
     per_call = []
     try:
         for number in numbers:
             outputs = fn.process(number, 0, window.GlobalWindow())
             per_call.append([out.value for out in outputs if isinstance(out, WindowedValue)])
-            if number == 19:
-                time.sleep(0.2)  # the four submitted so far are all finished
+            if number == 19:  # Nothing could leave so far; now all four finish.
+                fn.gate.set()
+                assert all(fn.finished.acquire(timeout=10) for _ in range(4))
+                time.sleep(0.05)
         rest = [out.value for out in fn.finish_bundle() if isinstance(out, WindowedValue)]
     finally:
+        fn.gate.set()
         fn.teardown()
     assert per_call[:4] == [[], [], [], []]
     assert per_call[4:] == [[n * n] for n in numbers[:6]]
