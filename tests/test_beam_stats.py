@@ -123,18 +123,9 @@ def test_run_summary_is_the_same_whichever_way_its_elements_are_split_and_merged
     elements += [("matched", None)] * 7 + [("reused", None)] * 2 + [("pruned", None)]
     elements += [("failed", "decode"), ("failed", "write")]
 
-    def combined(parts) -> dict:
-        accumulators = []
-        for part in parts:
-            accumulator = combine_fn.create_accumulator()
-            for element in part:
-                accumulator = combine_fn.add_input(accumulator, element)
-            accumulators.append(accumulator)
-        return combine_fn.extract_output(combine_fn.merge_accumulators(accumulators))
-
-    whole = combined([elements])
-    assert combined([elements[::2], elements[1::2], []]) == whole
-    assert combined([list(reversed(elements))]) == whole
+    whole = _combine(combine_fn, [elements])
+    assert _combine(combine_fn, [elements[::2], elements[1::2], []]) == whole
+    assert _combine(combine_fn, [list(reversed(elements))]) == whole
     expected = reconcile(
         _combine(SummaryCombineFn(CLASS_NAMES, "m1"), [_records()]),
         matched=7,

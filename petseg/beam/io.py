@@ -295,16 +295,15 @@ class MatchInputFn(beam.DoFn):
             yield path, (index, relative_to_root(path, spec.root), size, refusal)
 
 
-def _first_input(element: tuple[str, Iterable[tuple[int, str, int, str]]]) -> SourceImage:
-    # A file matched by several inputs is one file; the earliest input names it.
-    path, matches = element
-    _, relative, size, refusal = min(matches)
-    return SourceImage(path, relative, size, refused=refusal)
-
-
 def _only_input(element: tuple[str, tuple[int, str, int, str]]) -> SourceImage:
     path, (_, relative, size, refusal) = element
     return SourceImage(path, relative, size, refused=refusal)
+
+
+def _first_input(element: tuple[str, Iterable[tuple[int, str, int, str]]]) -> SourceImage:
+    # A file matched by several inputs is one file; the earliest input names it.
+    path, matches = element
+    return _only_input((path, min(matches)))
 
 
 class MatchImages(beam.PTransform):
