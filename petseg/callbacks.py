@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import keras
@@ -172,6 +173,7 @@ def training_callbacks(
     append_history: bool,
     best_threshold: float | None,
     panel: PredictionPanel | None,
+    after_epoch: Callable[[], None] | None = None,
 ) -> list[keras.callbacks.Callback]:
     """The callbacks of one ``fit`` call (one phase).
 
@@ -180,7 +182,8 @@ def training_callbacks(
     instead of repeating the frozen phase. TensorBoard logs are written when
     the ``tensorboard`` package is installed (TensorFlow no longer pulls it
     in); the CSV holds the same numbers either way. BackupAndRestore comes last so an epoch's CSV row
-    and checkpoint exist before the epoch counts as done.
+    and checkpoint exist before the epoch counts as done; ``after_epoch`` (a push of the
+    workdir to its bucket) runs after it, once the epoch's files are all written.
     """
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.CSVLogger(workdir.history_csv, append=append_history),
@@ -199,4 +202,6 @@ def training_callbacks(
     if panel is not None:
         callbacks.append(panel)
     callbacks.append(keras.callbacks.BackupAndRestore(workdir.backup, delete_checkpoint=False))
+    if after_epoch is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: after_epoch()))
     return callbacks

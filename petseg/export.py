@@ -27,6 +27,7 @@ import tensorflow as tf
 
 import petseg
 from petseg.folding import fold_batch_norm
+from petseg.storage import download_folder, is_remote
 
 METADATA_FILE = "petseg.json"
 KERAS_FILE = "model.keras"
@@ -308,21 +309,13 @@ def local_copy(export_dir: str) -> str:
     serves a model from wherever the job can read its images. The copy is
     made once per process, whole or not at all (:func:`staged_directory`).
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    if "://" not in export_dir:
+    if not is_remote(export_dir):
         return export_dir
     if export_dir in _LOCAL_COPIES:
         return _LOCAL_COPIES[export_dir]
     target = os.path.join(tempfile.mkdtemp(prefix="petseg-model-"), "export")
-    prefix = export_dir.rstrip("/") + "/"
     with staged_directory(target, ".copy-") as staging:
-        for metadata in FileSystems.match([prefix + "**"])[0].metadata_list:
-            relative = metadata.path[len(prefix) :]
-            destination = os.path.join(staging, *relative.split("/"))
-            os.makedirs(os.path.dirname(destination), exist_ok=True)
-            with FileSystems.open(metadata.path) as source, open(destination, "wb") as file:
-                shutil.copyfileobj(source, file)
+        download_folder(export_dir, staging)
     _LOCAL_COPIES[export_dir] = target
     return target
 

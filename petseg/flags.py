@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import difflib
 import functools
+import logging
 import re
 import sys
 import types
@@ -195,8 +196,24 @@ def _runner(args: Sequence[str]) -> str | None:
     return None
 
 
-def check_beam_args(args: Sequence[str], own_flags: Iterable[str]) -> None:
-    """Refuses the first flag in ``args`` that neither Beam nor the job knows.
+def storage_option_flags() -> frozenset[str]:
+    """The flags of Beam's S3 and Azure filesystem options (``--s3_endpoint_url``,
+    ``--azure_connection_string``...); Google Cloud Storage takes the machine's
+    default credentials and needs none."""
+    # Importing Beam warns, on the root logger, that BigQuery's optional client
+    # is missing: nothing a training command's user can act on.
+    logging.disable(logging.WARNING)
+    try:
+        from apache_beam.options.pipeline_options import AzureOptions, S3Options
+    finally:
+        logging.disable(logging.NOTSET)
+    return _flags_of((S3Options, AzureOptions))
+
+
+def check_beam_args(
+    args: Sequence[str], own_flags: Iterable[str], known: frozenset[str] | None = None
+) -> None:
+    """Refuses the first flag in ``args`` that neither Beam (or ``known``) nor the job knows.
 
     ``--name`` and ``--name=value`` count as flags, and so does ``-name``,
     which Beam drops as a single-dash flag; values such as ``DirectRunner`` or
@@ -213,11 +230,12 @@ def check_beam_args(args: Sequence[str], own_flags: Iterable[str]) -> None:
       args: the job's arguments (its own flags and Beam's).
       own_flags: the job's flags as spelled, e.g. ``["--max-batch-size"]``;
         they are accepted, and suggested for a near miss.
+      known: the Beam flags accepted, by default every one (:func:`beam_option_flags`).
 
     Raises:
       UnknownFlagError: ``unknown flag --max-batch-szie (did you mean --max-batch-size?)``.
     """
-    beam_flags = beam_option_flags()
+    beam_flags = beam_option_flags() if known is None else known
     own = frozenset(own_flags)
     service_options = _runner(args) in JOB_SERVICE_RUNNERS
     for arg in args:

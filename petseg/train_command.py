@@ -10,7 +10,16 @@ import sys
 from collections.abc import Sequence
 
 from petseg.config import ConfigError, TrainConfig
-from petseg.flags import StrictArgumentParser, add_config_flags, config_values, unknown_message
+from petseg.flags import (
+    StrictArgumentParser,
+    UnknownFlagError,
+    add_config_flags,
+    check_beam_args,
+    config_values,
+    parser_flags,
+    storage_option_flags,
+    unknown_message,
+)
 
 PROG = "train.py"
 
@@ -21,12 +30,15 @@ def build_parser(prog: str = PROG) -> StrictArgumentParser:
         prog=prog,
         description="Train the MobileNetV2 U-Net (MirroredStrategy over all visible GPUs) and "
         "export it to WORKDIR/export. 'train.py evaluate --help' scores an export.",
+        epilog="A WORKDIR in a bucket (gs://, s3://...) also takes Beam's filesystem flags, "
+        "e.g. --s3_endpoint_url, --s3_region_name, --azure_connection_string.",
     )
     add_config_flags(parser, TrainConfig)
     parser.add_argument(
         "--workdir",
         default="runs/train",
-        help="outputs: checkpoints, backup (resume), logs, plots, export (default: %(default)s)",
+        help="outputs: checkpoints, backup (resume), logs, plots, export; a folder or a "
+        "bucket URL (default: %(default)s)",
     )
     return parser
 
@@ -46,11 +58,18 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     if argv and not argv[0].startswith("-"):
         # Training takes no positional argument: a leading word is a mistyped command.
         parser.error(unknown_message("command", argv[0], ["evaluate"]))
-    args = parser.parse_args(argv)
+    args, storage_args = parser.parse_known_args(argv)
     try:
+        if storage_args:
+            check_beam_args(storage_args, parser_flags(parser), known=storage_option_flags())
         config = TrainConfig(**config_values(TrainConfig, args))
-    except ConfigError as error:
+    except (ConfigError, UnknownFlagError) as error:
         parser.error(str(error))
+    if storage_args:
+        from apache_beam.io.filesystems import FileSystems
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        FileSystems.set_options(PipelineOptions(storage_args))
 
     import logging
 
@@ -59,7 +78,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     from petseg.model import EncoderWeightsError
     from petseg.training import train_and_evaluate
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # force: importing Beam (for a bucket workdir) may already have configured the root logger.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
+    )
     try:
         result = train_and_evaluate(config, args.workdir)
     except (ConfigError, DataSourceError, EncoderWeightsError, ExportError) as error:

@@ -11,7 +11,9 @@
    SavedModel with its ``petseg.json``.
 
 A run killed at any point resumes from its last finished epoch when started
-again with the same config and workdir.
+again with the same config and workdir. A workdir in a bucket (``gs://``,
+``s3://``...) is worked on in a local copy, pushed after every epoch and at
+the end (:mod:`petseg.storage`), so it resumes the same way.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import keras
@@ -61,6 +64,7 @@ from petseg.metrics import (
 )
 from petseg.model import build_unet, resize_unet, set_encoder_trainable
 from petseg.plots import save_confusion_matrix, save_curves
+from petseg.storage import is_remote, mirrored_folder
 
 logger = logging.getLogger(__name__)
 
@@ -195,6 +199,7 @@ class _Run:
     resumed_epochs: int
     previous_history: dict[str, list[float]]
     policy: str
+    after_epoch: Callable[[], None] | None  # e.g. a push of the workdir to its bucket
 
     @property
     def replicas(self) -> int:
@@ -206,8 +211,8 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
 
     Args:
       config: the run's settings.
-      workdir: output folder (see :mod:`petseg.callbacks` for its layout);
-        rerunning with the same config resumes an interrupted run.
+      workdir: output folder (see :mod:`petseg.callbacks` for its layout), local
+        or in a bucket; rerunning with the same config resumes an interrupted run.
 
     Returns:
       The run's :class:`TrainingResult`.
@@ -217,8 +222,19 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
       DataSourceError: the data cannot be loaded.
       EncoderWeightsError: the encoder's weights cannot be had.
     """
+    if is_remote(workdir):
+        with mirrored_folder(workdir) as mirror:
+            result = _train_and_evaluate(config, mirror.local, mirror.push)
+        return replace(result, export_dir=f"{mirror.url}/{os.path.basename(result.export_dir)}")
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(
+    config: TrainConfig, workdir: str, after_epoch: Callable[[], None] | None = None
+) -> TrainingResult:
+    """:func:`train_and_evaluate` in a local ``workdir``; ``after_epoch`` runs after each epoch."""
     started = time.perf_counter()
-    run = _prepare(config, workdir)
+    run = _prepare(config, workdir, after_epoch)
     with precision_policy(run.policy):
         model = _build_model(run)
         _train(model, run)
@@ -244,7 +260,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
     )
 
 
-def _prepare(config: TrainConfig, workdir: str) -> _Run:
+def _prepare(config: TrainConfig, workdir: str, after_epoch: Callable[[], None] | None) -> _Run:
     """The workdir, the strategy, the data and what a resumed run already did."""
     paths = Workdir(workdir)
     paths.make()
@@ -296,6 +312,7 @@ def _prepare(config: TrainConfig, workdir: str) -> _Run:
         resumed_epochs=done,
         previous_history=read_history(paths.history_csv, before_epoch=done) if done else {},
         policy=compute_policy_name(config.mixed_precision, uses_gpu(strategy)),
+        after_epoch=after_epoch,
     )
 
 
@@ -333,6 +350,7 @@ def _train(model: keras.Model, run: _Run) -> None:
             append,
             best_so_far(history) if append else None,
             panel,
+            run.after_epoch,
         )
 
     def fit(first_epoch: int, last_epoch: int, phase: str) -> None:

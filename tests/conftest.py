@@ -43,3 +43,24 @@ def model_dir(tmp_path_factory) -> pathlib.Path:
     from tests.beam_helpers import shared_tiny_model
 
     return shared_tiny_model(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def store():
+    """``(endpoint URL, boto3 client)`` of an S3 server on localhost with a bucket
+    ``tests.buckets.BUCKET``, per module."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from tests.buckets import BUCKET, CREDENTIALS
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **CREDENTIALS)
+        client.create_bucket(Bucket=BUCKET)
+        yield endpoint, client
+    finally:
+        server.stop()

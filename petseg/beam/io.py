@@ -44,6 +44,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.records import ErrorRecord, SourceImage
 from petseg.imageio import IMAGE_EXTENSIONS
+from petseg.storage import is_remote
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS
 # OUT's layout (ARCHITECTURE.md, contracts 4-8).
@@ -59,7 +60,6 @@ COMMITTED_TAG = "committed"
 STALE_TAG = "stale"
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +87,6 @@ class InputSpec:
 
     pattern: str
     root: str
-
-
-def is_remote(path: str) -> bool:
-    """Whether ``path`` is a URL (``gs://``, ``s3://``...) rather than a local path."""
-    return bool(_SCHEME.match(path))
 
 
 def normalise_location(path: str) -> str:
