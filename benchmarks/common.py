@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,8 +68,8 @@ def medians(runs: list[dict[str, float]]) -> dict:
 
 
 def rate(step: Callable[[], object], items: int, calls: int) -> dict[str, float]:
-    """Images/s and CPU ms per image of ``calls`` calls of ``step``, each on ``items``
-    images, after one untimed call (which traces and warms up)."""
+    """Images/s and CPU ms per image of ``calls`` calls of ``step`` on ``items`` images
+    each, after one untimed call (which traces and warms up)."""
     step()
     started, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
@@ -84,12 +84,9 @@ def rate(step: Callable[[], object], items: int, calls: int) -> dict[str, float]
 def bench_jpegs(
     workdir: str, count: int, size: tuple[int, int] = OXFORD_MEDIAN_SIZE, per_folder: int = 0
 ) -> tuple[str, list[str]]:
-    """A folder under ``workdir`` of ``count`` photo-like JPEGs of ``size``, and their paths.
-
-    Each photo is a synthetic pet with grain, the same for the same index;
-    files already there are kept. With ``per_folder`` the photos lie in
-    subfolders of that many each, as a bucket's images usually do.
-    """
+    """A folder under ``workdir`` of ``count`` photo-like JPEGs of ``size`` (a synthetic
+    pet with grain, the same for the same index; files already there are kept), and their
+    paths; with ``per_folder``, in subfolders of that many each, as in a bucket."""
     from petseg.data import synthetic_example
 
     width, height = size
@@ -115,13 +112,10 @@ def bench_jpegs(
 
 
 def export_bench_model(workdir: str, sizes: Sizes) -> str:
-    """The folder ``workdir/model-<size>-<alpha>`` of ``sizes``' segmentation model,
-    exported by ``petseg.training.train_and_evaluate`` if absent.
-
-    With the ImageNet encoder weights (``PETSEG_ENCODER_WEIGHTS``) and alpha
-    1.0 the model trains 32 steps on synthetic pets; otherwise one step from
-    random init. ``petseg.json``'s ``bench_model`` says which.
-    """
+    """The folder ``workdir/model-<size>-<alpha>`` of ``sizes``' segmentation model, trained
+    and exported by ``petseg.training`` if absent: 32 steps on synthetic pets from the
+    ImageNet encoder (``PETSEG_ENCODER_WEIGHTS``, alpha 1.0), else one step from random
+    init, as ``petseg.json``'s ``bench_model`` says."""
     from petseg.beam.write import write_json
     from petseg.config import TrainConfig
     from petseg.export import METADATA_FILE, read_model_info
@@ -130,10 +124,7 @@ def export_bench_model(workdir: str, sizes: Sizes) -> str:
     image_size, alpha = sizes.image_size, sizes.alpha
     export_dir = os.path.join(workdir, f"model-{image_size}-{alpha}")
     if os.path.exists(os.path.join(export_dir, METADATA_FILE)):
-        # Exports from before serving folded its batch normalizations are made again.
-        if read_model_info(export_dir).metadata.get("batch_norm_folded"):
-            return export_dir
-        shutil.rmtree(export_dir)
+        return export_dir
     weights = os.environ.get("PETSEG_ENCODER_WEIGHTS", "")
     trained = alpha == 1.0 and os.path.isfile(weights)
     config = TrainConfig(
@@ -157,27 +148,16 @@ def export_bench_model(workdir: str, sizes: Sizes) -> str:
     return export_dir
 
 
-@contextlib.contextmanager
-def fresh_folder(parent: str, prefix: str) -> Iterator[str]:
+def fresh_folder(parent: str, prefix: str) -> tempfile.TemporaryDirectory:
     """A new empty folder under ``parent``, removed with all it holds when the block ends."""
     os.makedirs(parent, exist_ok=True)
-    folder = tempfile.mkdtemp(prefix=prefix, dir=parent)
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix=prefix, dir=parent, ignore_cleanup_errors=True)
 
 
 def child_usage(argv: list[str]) -> dict[str, float]:
-    """Runs ``argv`` in a fresh child: its peak resident memory in MiB, CPU and wall seconds.
-
-    A wrapper process runs the command and reports the largest resident set
-    and the CPU time of its own children (the command's worker processes
-    included), so nothing this process ran before counts.
-
-    Raises:
-      RuntimeError: the command failed.
-    """
+    """Runs ``argv`` in a fresh child: its peak resident MiB, CPU and wall seconds, or
+    ``RuntimeError`` if it fails. A wrapper process runs the command and reports its own
+    children's peak and CPU time (worker processes included), so nothing earlier counts."""
     wrapper = (
         "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
         "use = resource.getrusage(resource.RUSAGE_CHILDREN); "
@@ -213,13 +193,9 @@ def write_results(out: str, name: str, results: dict, lines: list[str]) -> None:
     with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as file:
         names = (line.split(":", 1)[1].strip() for line in file if line.startswith("model name"))
         cpu = next(names, cpu)
-    machine = {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "gpus": [device.name for device in tf.config.list_physical_devices("GPU")],
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-    }
+    gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
+    machine = {"cpu": cpu, "cores": os.cpu_count(), "gpus": gpus}
+    machine.update(python=platform.python_version(), tensorflow=tf.__version__)
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     where = ", ".join(f"{key} {value}" for key, value in machine.items())
     text = "\n".join([f"Measured {date}: {where}.", "", *lines])

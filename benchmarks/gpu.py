@@ -2,14 +2,11 @@
 
 python -m benchmarks.gpu [--out benchmarks/results] [--workdir runs/bench] [--allow-cpu] [--quick]
 
-*Serving*: ``make bench``'s exported model through the job's own model call,
-uint8 images from host memory and probabilities back to it, at batches of
-1, 32 (the job's) and 256. *Training*: one optimizer step of petseg's Keras
-model of the same size, encoder frozen as in the training benchmark, on a
-batch of 64 from host memory, under each precision policy. Figures are
-medians of rounds after an untimed warm-up call. Nothing is measured where
-TensorFlow sees no GPU, unless ``--allow-cpu``. Writes ``OUT/gpu.json`` and
-``OUT/gpu.md``.
+Serving: ``make bench``'s export through the job's own model call, uint8 images
+from host memory and probabilities back, at batches of 1, 32 and 256. Training: one
+step of petseg's model of that size, encoder frozen, batch 64, under each precision
+policy. Medians of rounds after a warm-up call. Without a GPU, nothing is measured
+unless ``--allow-cpu``. Writes ``OUT/gpu.json`` and ``OUT/gpu.md``.
 """
 
 from __future__ import annotations
@@ -24,9 +21,7 @@ from benchmarks.segmentation import model_call, serving_rate
 
 
 @dataclass(frozen=True)
-class Plan:
-    """Serving batches, training policies and batch, timed calls per round, rounds."""
-
+class Plan:  # Serving batches, training policies and batch, timed calls per round, rounds.
     batch_sizes: tuple[int, ...] = (1, 32, 256)
     policies: tuple[str, ...] = ("float32", "mixed_float16", "mixed_bfloat16")
     train_batch: int = 64
@@ -38,17 +33,11 @@ QUICK_PLAN = Plan(batch_sizes=(1, 2), policies=("float32",), train_batch=2, call
 
 
 def training_rate(model, batch: int, calls: int) -> dict[str, float]:
-    """:func:`benchmarks.common.rate` of ``train_on_batch`` on one random batch from host memory.
-
-    Raises:
-      FloatingPointError: the loss after the timed steps is not finite.
-    """
-    from petseg.classes import NUM_CLASSES
-
-    size = int(model.input.shape[1])
-    rng = np.random.default_rng(2)
+    """:func:`benchmarks.common.rate` of ``train_on_batch`` on one random batch from host
+    memory; raises ``FloatingPointError`` if the loss after the timed steps is not finite."""
+    size, rng = int(model.input.shape[1]), np.random.default_rng(2)
     images = rng.integers(0, 256, (batch, size, size, 3)).astype(np.float32)
-    labels = rng.integers(0, NUM_CLASSES, (batch, size, size, 1)).astype(np.uint8)
+    labels = rng.integers(0, 3, (batch, size, size, 1)).astype(np.uint8)
     figures = common.rate(lambda: model.train_on_batch(images, labels), batch, calls)
     loss = model.train_on_batch(images, labels, return_dict=True)["loss"]
     if not np.isfinite(loss):

@@ -2,10 +2,8 @@
 
 python -m benchmarks.profile [--out benchmarks/results] [--workdir runs/bench] [--quick]
 
-Runs ``beam_jobs.segment`` in this process on ``make bench``'s N photos and
-model with probes on every step and model call (:func:`profile_job`), then
-again with the model's compute taken out (every other step does the same
-work), then the model's call alone. Writes ``OUT/profile.json`` and ``.md``.
+Runs ``beam_jobs.segment`` in process on ``make bench``'s N photos and model, probed
+(:func:`profile_job`), then without the model's compute, then the model's call alone.
 """
 
 from __future__ import annotations
@@ -35,16 +33,10 @@ def _steps(cls: type) -> Iterator[type]:
 
 
 def profile_job(job: Job, folder: str, count: int, replay_model: bool) -> dict:
-    """One probed in-process run of ``job`` on the ``count`` images in ``folder``.
-
-    Every threaded step's ``work`` adds the CPU time of its thread to its
-    class's count, and every model call records when it starts and ends; with
-    ``replay_model`` the model computes once and every later call returns that
-    first answer. The probes are removed when the run ends.
-
-    Raises:
-      RuntimeError: the job made no model call.
-    """
+    """One probed in-process run of ``job`` on the ``count`` images in ``folder``: every
+    threaded step's ``work`` adds its thread's CPU time to its class's count, every model
+    call records its start and end; with ``replay_model`` the model computes once and
+    later calls return that answer. Raises ``RuntimeError`` if no model call was made."""
     from beam_jobs import segment
     from petseg.beam.inference import ServingModel
     from petseg.beam.threaded import ThreadedDoFn
@@ -118,8 +110,8 @@ def markdown(result: dict) -> list[str]:
         (f"`{step}`", *(f"{run['step_cpu_ms_per_image'].get(step, 0):.2f}" for run in runs))
         for step in sorted(job["step_cpu_ms_per_image"])
     ]
-    for key in ("process_cpu_ms_per_image", "wall_seconds", "images_per_second"):
-        rows.append((key, *(f"{run[key]:.2f}" for run in runs)))
+    totals = ("process_cpu_ms_per_image", "wall_seconds", "images_per_second")
+    rows += [(key, *(f"{run[key]:.2f}" for run in runs)) for key in totals]
     return [
         f"{result['sizes']['images']} images, CPU ms per image:",
         "",

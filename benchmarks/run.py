@@ -2,8 +2,7 @@
 
 python -m benchmarks.run [--out benchmarks/results] [--workdir runs/bench] [--quick]
 
-Writes ``OUT/results.json`` and ``OUT/results.md``. ``--quick`` measures
-everything once on tiny sizes, which checks that every measurement runs.
+Writes ``OUT/results.json`` and ``.md``; ``--quick`` measures all once on tiny sizes.
 """
 
 from __future__ import annotations
@@ -73,21 +72,11 @@ def markdown(results: dict) -> list[str]:
         f"{limit['cpu_ms_per_image'] * limit['images_per_second'] / 1000:.2f} cores busy. Peak "
         f"RSS {memory[0]['peak_rss_mib']:.0f} MiB at N, {memory[1]['peak_rss_mib']:.0f} at 5N.",
         "",
-        f"**Scale**, {small} (N) and {10 * small} JPEGs of 96 x 72 in folders of 100, model 64 "
-        f"px, alpha 0.35, batch {sizes['batch_size']}, the job as a command, medians of "
-        f"{sizes['repeats']} rounds:",
-        "",
-        *common.table(
-            ("images", "seconds, end to end", "peak RSS, MiB"),
-            [
-                (
-                    f"{count} ({key})",
-                    f"{scale[f'seconds_{key}']:.1f}",
-                    f"{scale[f'peak_rss_mib_{key}']:.0f}",
-                )
-                for key, count in (("N", small), ("10N", 10 * small))
-            ],
-        ),
+        f"**Scale**, JPEGs of 96 x 72 in folders of 100, model 64 px, alpha 0.35, batch "
+        f"{sizes['batch_size']}, the job as a command, medians of {sizes['repeats']} rounds: "
+        f"{small} images (N) in {scale['seconds_N']:.1f} s, peak RSS "
+        f"{scale['peak_rss_mib_N']:.0f} MiB; {10 * small} (10N) in {scale['seconds_10N']:.1f} s, "
+        f"{scale['peak_rss_mib_10N']:.0f} MiB. "
         f"Marginal cost per image: {scale['marginal_ms_per_image']:.2f} ms of wall time, "
         f"{scale['marginal_cpu_ms_per_image']:.2f} CPU ms, of which the model alone takes "
         f"{scale['model_cpu_ms_per_image']:.2f}: the job's own CPU outside the model is "
@@ -128,11 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = common.parse_args(argv, "benchmarks.run", "results")
     sizes = args.sizes
-
     export_dir = common.export_bench_model(args.workdir, sizes)
     print(f"segmentation: {sizes}", flush=True)
     segment = segmentation.measure(export_dir, args.workdir, sizes)
-    print("scale: small images, near-free model", flush=True)
     scale = segmentation.scale(args.workdir, sizes)
     train = training.measure(args.workdir, sizes)
     results = {

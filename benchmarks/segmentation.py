@@ -1,8 +1,7 @@
 """Segmentation throughput and memory: the model's own limit, the Beam job, a naive loop.
 
-All of them segment the same generated JPEGs with the same exported model.
-Each round runs every contender once and the rounds repeat, so drift in the
-machine's load hits all alike; figures are medians over the rounds.
+All segment the same generated JPEGs with the same export. Each round runs every
+contender once, so drift in the machine's load hits all alike; figures are medians.
 """
 
 from __future__ import annotations
@@ -77,12 +76,8 @@ class Job:
         return seconds
 
     def round(self, folder: str, count: int, one_batch: str) -> dict[str, float]:
-        """The job on ``one_batch`` (a folder of ``n = batch_size`` images), then on ``count`` (N).
-
-        Returns:
-          images/s end to end, the steady rate ``(N - n) / (t_N - t_n)``, and
-          the one-batch run's seconds (the job's start-up).
-        """
+        """The job on ``one_batch`` (``n = batch_size`` images), then on ``count`` (N): images/s
+        end to end, the steady rate ``(N - n) / (t_N - t_n)``, the one-batch run's seconds."""
         small = self.seconds(one_batch, self.batch_size)
         seconds = self.seconds(folder, count)
         return {
@@ -92,9 +87,8 @@ class Job:
         }
 
     def memory(self, input_dir: str, count: int) -> dict[str, float]:
-        """The job run as a command in a fresh process: its peak resident MiB, CPU and
-        wall seconds (:func:`benchmarks.common.child_usage`), and the images/s of its
-        summary (from submitting the pipeline to its end)."""
+        """The job as a command in a fresh process: :func:`benchmarks.common.child_usage`
+        and the images/s of its summary (from submitting the pipeline to its end)."""
         from beam_jobs.segment import SUMMARY_FILE
         from petseg.beam.write import read_json
 
@@ -142,15 +136,10 @@ def naive_loop(export_dir: str, paths: list[str], workdir: str) -> Callable[[], 
 
 
 def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
-    """Every segmentation figure for ``sizes.images`` (N) JPEGs.
-
-    Returns:
-      Medians and runs of ``model_limit`` (the job's model call on one
-      pre-resized batch, no I/O), ``job_in_process`` and
-      ``job_multi_processing_2`` (:meth:`Job.round`) and ``naive_loop`` (on
-      a quarter of the images, at least 20); ``memory_N`` and ``memory_5N``
-      (:meth:`Job.memory`, once each).
-    """
+    """Every segmentation figure for ``sizes.images`` (N) JPEGs: medians and runs of
+    ``model_limit`` (the job's model call on one pre-resized batch, no I/O), the job in
+    process and in 2 processes (:meth:`Job.round`) and ``naive_loop`` (on a quarter of
+    the images, at least 20); ``memory_N`` and ``memory_5N`` (:meth:`Job.memory`, once)."""
     folder, paths = bench_jpegs(workdir, sizes.images)
     one_batch, _ = bench_jpegs(workdir, sizes.batch_size)
     call, size = model_call(export_dir)
@@ -177,13 +166,10 @@ def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
 
 def scale(workdir: str, sizes: Sizes) -> dict:
     """The job's own cost at scale: a near-free model (64 px, alpha 0.35) over
-    ``sizes.small_images`` (N), then 10N, JPEGs of 96 x 72 in folders of 100.
-
-    The job runs as a command (:meth:`Job.memory`). Its marginal wall and CPU
-    ms per image, ``(t_10N - t_N) / 9N``, leave start-up out; less the model's
-    own CPU per image (its call alone), they give the job's CPU outside the
-    model. Returns medians and runs, and each size's seconds and peak RSS.
-    """
+    ``sizes.small_images`` (N), then 10N, JPEGs of 96 x 72 in folders of 100, each
+    run as a command (:meth:`Job.memory`). The marginal wall and CPU ms per image,
+    ``(t_10N - t_N) / 9N``, leave start-up out; less the model's own CPU per image,
+    they give the job's CPU outside the model. Medians, runs, seconds and peak RSS."""
     export_dir = export_bench_model(workdir, Sizes(image_size=64, alpha=0.35))
     counts = {"N": sizes.small_images, "10N": 10 * sizes.small_images}
     folders = {key: bench_jpegs(workdir, n, SMALL_SIZE, 100)[0] for key, n in counts.items()}
@@ -201,7 +187,7 @@ def scale(workdir: str, sizes: Sizes) -> dict:
             run[f"{name}_per_image"] = 1000 * extra / (9 * counts["N"])
         model = serving_rate(call, size, sizes.batch_size, 20)
         runs.append({**run, "model_cpu_ms_per_image": model["cpu_ms_per_image"]})
-        print(f"  scale: {run['marginal_ms_per_image']:.2f} ms per image", flush=True)
+        print(f"  scale, small images: {run['marginal_ms_per_image']:.2f} ms each", flush=True)
     result = medians(runs)
     outside = result["marginal_cpu_ms_per_image"] - result["model_cpu_ms_per_image"]
     return {**result, "outside_model_cpu_ms_per_image": outside}

@@ -27,37 +27,24 @@ def tutorial_unet(image_size: int, alpha: float, weights: str | None) -> keras.M
     """The tutorial's ``unet_model(3)`` from Keras' stock layers: a frozen MobileNetV2
     ``down_stack`` and pix2pix upsample blocks (without dropout), each followed by a
     ``Concatenate`` with its skip; float [0, 1] input, float32 logits."""
+    from keras.layers import Conv2DTranspose
+
     from petseg.classes import NUM_CLASSES
     from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
 
-    shape = (image_size, image_size, 3)
-    backbone = keras.applications.MobileNetV2(
-        input_shape=shape, alpha=alpha, include_top=False, weights=weights
-    )
-    skip_outputs = [backbone.get_layer(name).output for name in SKIP_LAYER_NAMES]
-    down_stack = keras.Model(backbone.input, skip_outputs, name="down_stack")
+    shape, init = (image_size, image_size, 3), keras.initializers.RandomNormal(stddev=0.02)
+    base = keras.applications.MobileNetV2(shape, alpha=alpha, include_top=False, weights=weights)
+    skip_outputs = [base.get_layer(name).output for name in SKIP_LAYER_NAMES]
+    down_stack = keras.Model(base.input, skip_outputs, name="down_stack")
     down_stack.trainable = False
     inputs = keras.Input(shape=shape, name="images")
     skips = down_stack(inputs, training=False)
     x = skips[-1]
-    for index, skip in enumerate(reversed(skips[:-1])):
-        up = f"up_{index + 1}"
-        x = keras.layers.Conv2DTranspose(
-            DECODER_FILTERS[index],
-            3,
-            strides=2,
-            padding="same",
-            kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
-            use_bias=False,
-            name=f"{up}_transpose",
-        )(x)
-        x = keras.layers.ReLU(name=f"{up}_relu")(
-            keras.layers.BatchNormalization(name=f"{up}_batch_norm")(x)
-        )
-        x = keras.layers.Concatenate(name=f"{up}_concat")([x, skip])
-    logits = keras.layers.Conv2DTranspose(
-        NUM_CLASSES, 3, strides=2, padding="same", dtype="float32", name="logits"
-    )(x)
+    for filters, skip in zip(DECODER_FILTERS, reversed(skips[:-1]), strict=True):
+        up = Conv2DTranspose(filters, 3, 2, "same", use_bias=False, kernel_initializer=init)
+        x = keras.layers.ReLU()(keras.layers.BatchNormalization()(up(x)))
+        x = keras.layers.Concatenate()([x, skip])
+    logits = Conv2DTranspose(NUM_CLASSES, 3, 2, "same", dtype="float32")(x)
     return keras.Model(inputs, logits, name="tutorial_unet")
 
 
@@ -129,9 +116,7 @@ def petseg_model(image_size: int, alpha: float, weights: str | None, policy: str
     return model
 
 
-def images_per_second(
-    model: keras.Model, batches: tf.data.Dataset, warmup: int, steps: int
-) -> float:
+def images_per_second(model: keras.Model, batches, warmup: int, steps: int) -> float:
     """One fit of ``warmup + steps`` steps, timed from the end of the last warm-up step."""
     ends: list[float] = []
     timer = keras.callbacks.LambdaCallback(
@@ -149,9 +134,7 @@ def pipeline_ms_per_batch(batches: tf.data.Dataset, warmup: int, count: int) -> 
     return 1000 / rate(lambda: next(iterator), 1, count)["images_per_second"]  # a batch a call
 
 
-def compare_throughput(
-    examples, image_size: int, alpha: float, warmup: int, steps: int, repeats: int
-) -> dict:
+def compare_throughput(examples, image_size: int, alpha: float, warmup, steps, repeats) -> dict:
     """Images/s of every recipe, alternated ``repeats`` times, from random init; each
     recipe's policy and its input pipeline's ms per batch (timed once) besides."""
     result: dict[str, dict] = {name: {"runs": []} for name in RECIPES}
@@ -172,9 +155,7 @@ def compare_throughput(
     return result
 
 
-def compare_accuracy(
-    train_examples, test_examples, image_size: int, alpha: float, weights: str, epochs: int
-) -> dict:
+def compare_accuracy(train_examples, test_examples, image_size, alpha, weights, epochs) -> dict:
     """The tutorial and petseg from the same encoder ``weights`` for ``epochs`` epochs each,
     scored on the test pairs at ``image_size``."""
     from petseg.classes import CLASS_NAMES
@@ -201,10 +182,9 @@ def compare_accuracy(
 
 
 def measure(workdir: str, sizes: Sizes) -> dict:
-    """:func:`compare_throughput` on the Oxford sample's trainval images
-    (``PETSEG_OXFORD_SAMPLE``; 300 synthetic pets without it), then
-    :func:`compare_accuracy` where ``sizes`` asks for it and alpha 1.0, the
-    sample and the ImageNet weights (``PETSEG_ENCODER_WEIGHTS``) are at hand."""
+    """:func:`compare_throughput` on the Oxford sample's trainval images (else 300
+    synthetic pets), then :func:`compare_accuracy` where ``sizes`` asks for it and alpha
+    1.0, the sample and the ImageNet weights are at hand."""
     from petseg.data import oxford_examples, write_synthetic_files
 
     sample = os.environ.get("PETSEG_OXFORD_SAMPLE", "")
@@ -221,12 +201,8 @@ def measure(workdir: str, sizes: Sizes) -> dict:
     print(f"training: {data}, {sizes}", flush=True)
     size, alpha = sizes.train_size, sizes.alpha
     steps = (sizes.warmup_steps, sizes.train_steps, sizes.repeats)
-    result = {
-        "data": data,
-        "batch_size": TUTORIAL_BATCH,
-        "recipes": compare_throughput(examples, size, alpha, *steps),
-        "accuracy": None,
-    }
+    recipes = compare_throughput(examples, size, alpha, *steps)
+    result = {"data": data, "batch_size": TUTORIAL_BATCH, "recipes": recipes, "accuracy": None}
     # The shared ImageNet weights are MobileNetV2's alpha 1.0.
     if sizes.accuracy_epochs and has_sample and os.path.isfile(weights) and alpha == 1.0:
         test = oxford_examples(sample, "test")
