@@ -11,10 +11,7 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
 from unittest import mock
 
 import pytest
@@ -23,8 +20,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from petseg.storage import FolderMirror, is_remote, mirrored_folder
 from tests.buckets import BUCKET, bucket_objects, s3_flags
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.training_runs import (
+    ENVIRONMENT,
+    FINE_TUNE_EPOCHS,
+    FROZEN_EPOCHS,
+    kill_when,
+    train_command,
+)
 
 
 @pytest.fixture
@@ -127,21 +129,6 @@ def test_mirrored_folder_pushes_when_the_block_ends_and_not_when_it_fails(s3):
     assert not os.path.exists(mirror.local)
 
 
-FROZEN_EPOCHS, FINE_TUNE_EPOCHS = 2, 3
-TRAIN_ARGS = [
-    "--dataset=synthetic",
-    "--synthetic-count=8",
-    "--image-size=32",
-    "--alpha=0.35",
-    "--encoder-weights=none",
-    "--batch-size=4",
-    "--steps-per-epoch=3",
-    f"--epochs={FROZEN_EPOCHS}",
-    f"--fine-tune-epochs={FINE_TUNE_EPOCHS}",
-    "--plot-examples=1",
-]
-
-
 def _finished_epochs(client, prefix: str) -> int:
     key = f"{prefix}/backup/training_metadata.json"
     try:
@@ -154,32 +141,16 @@ def _finished_epochs(client, prefix: str) -> int:
 def test_training_into_a_bucket_resumes_from_it_and_the_job_serves_its_export(store, tmp_path):
     endpoint, client = store
     workdir = f"s3://{BUCKET}/train"
-    command = [
-        *(sys.executable, os.path.join(REPO, "train.py"), *TRAIN_ARGS),
-        *(f"--workdir={workdir}", *s3_flags(endpoint)),
-    ]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    process = subprocess.Popen(
-        command, cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 240
-        # Killed once the bucket holds a fine-tuning epoch's backup.
-        while _finished_epochs(client, "train") < FROZEN_EPOCHS + 1:
-            assert process.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "no epoch reached the bucket in time"
-            time.sleep(0.1)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    command = train_command(f"--workdir={workdir}", *s3_flags(endpoint))
+    # Killed once the bucket holds a fine-tuning epoch's backup.
+    ready = lambda: _finished_epochs(client, "train") >= FROZEN_EPOCHS + 1  # noqa: E731
+    kill_when(command, ready, str(tmp_path))
     done = _finished_epochs(client, "train")
     assert FROZEN_EPOCHS < done < FROZEN_EPOCHS + FINE_TUNE_EPOCHS
     assert not any(key.startswith("export/") for key in bucket_objects(client, "train"))
 
     rerun = subprocess.run(
-        command, cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=280
+        command, cwd=tmp_path, env=ENVIRONMENT, capture_output=True, text=True, timeout=280
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = re.search(r"resuming from .*: (\d+) epoch\(s\) already finished", rerun.stderr)

@@ -4,27 +4,18 @@ import csv
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
-import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FROZEN_EPOCHS, FINE_TUNE_EPOCHS = 2, 4
-TRAIN_ARGS = [
-    "--dataset=synthetic",
-    "--synthetic-count=8",
-    "--image-size=32",
-    "--alpha=0.35",
-    "--encoder-weights=none",
-    "--batch-size=4",
-    "--steps-per-epoch=3",
-    f"--epochs={FROZEN_EPOCHS}",
-    f"--fine-tune-epochs={FINE_TUNE_EPOCHS}",
-    "--plot-examples=1",
-]
+from tests.training_runs import (
+    ENVIRONMENT,
+    FINE_TUNE_EPOCHS,
+    FROZEN_EPOCHS,
+    REPO,
+    kill_when,
+    train_command,
+)
 
 
 def finished_epochs(workdir) -> int:
@@ -43,32 +34,16 @@ def history_rows(workdir) -> list[dict]:
 @pytest.mark.slow
 def test_killed_run_resumes_from_last_finished_epoch_in_the_fine_tuning_phase(tmp_path):
     workdir = str(tmp_path / "run")
-    command = [sys.executable, os.path.join(REPO, "train.py"), *TRAIN_ARGS, f"--workdir={workdir}"]
-    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-    process = subprocess.Popen(
-        command, cwd=REPO, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        deadline = time.monotonic() + 240
-        # Wait until the frozen phase is over and the run is fine-tuning, then kill it hard.
-        while finished_epochs(workdir) < FROZEN_EPOCHS + 1:
-            assert process.poll() is None, "training ended before it could be killed"
-            assert time.monotonic() < deadline, "no finished epoch within the time limit"
-            time.sleep(0.05)
-        process.send_signal(signal.SIGKILL)
-        process.wait(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == -signal.SIGKILL
+    command = train_command(f"--workdir={workdir}")
+    # Killed once the frozen phase is over and the run is fine-tuning.
+    kill_when(command, lambda: finished_epochs(workdir) >= FROZEN_EPOCHS + 1, REPO)
     done = finished_epochs(workdir)
     assert FROZEN_EPOCHS < done < FROZEN_EPOCHS + FINE_TUNE_EPOCHS
     assert not os.path.exists(os.path.join(workdir, "export"))
     before = history_rows(workdir)
 
     rerun = subprocess.run(
-        command, cwd=REPO, env=environment, capture_output=True, text=True, timeout=280
+        command, cwd=REPO, env=ENVIRONMENT, capture_output=True, text=True, timeout=280
     )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     output = rerun.stdout + rerun.stderr
