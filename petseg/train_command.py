@@ -62,6 +62,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     try:
         if storage_args:
             check_beam_args(storage_args, parser_flags(parser), known=storage_option_flags())
+            # What is left is Beam's flags and their values; anything else is a stray word.
+            after_flag = [arg.startswith("--") and "=" not in arg for arg in ["", *storage_args]]
+            for arg, is_value in zip(storage_args, after_flag, strict=False):
+                if not arg.startswith("-") and not is_value:
+                    parser.error(f"unexpected argument {arg}")
         config = TrainConfig(**config_values(TrainConfig, args))
     except (ConfigError, UnknownFlagError) as error:
         parser.error(str(error))

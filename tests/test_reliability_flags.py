@@ -111,6 +111,22 @@ def test_train_refuses_abbreviations(capsys):
     assert line == "train.py: error: unknown flag --work (did you mean --workdir?)"
 
 
+def test_train_takes_beams_storage_flags_and_only_those(capsys):
+    # A bucket workdir's flags pass the check: the run goes on to refuse its config.
+    line = _refused(capsys, train.main, "--s3_endpoint_url", "http://x", "--alpha", "0.3")
+    assert line.startswith("train.py: error: alpha must be one of")
+    line = _refused(capsys, train.main, "--s3_endpoint_ur", "http://x")
+    assert (
+        line == "train.py: error: unknown flag --s3_endpoint_ur (did you mean --s3_endpoint_url?)"
+    )
+    line = _refused(capsys, train.main, "--s3_region_name", "r", "stray")
+    assert line == "train.py: error: unexpected argument stray"
+    # Beam's other flags mean nothing to training.
+    assert _refused(capsys, train.main, "--runner", "DirectRunner") == (
+        "train.py: error: unknown flag --runner"
+    )
+
+
 def test_train_names_a_mistyped_command(capsys):
     line = _refused(capsys, train.main, "evalute", "--model", "m")
     assert line == "train.py: error: unknown command evalute (did you mean evaluate?)"
