@@ -196,10 +196,10 @@ def _runner(args: Sequence[str]) -> str | None:
     return None
 
 
-def storage_option_flags() -> frozenset[str]:
-    """The flags of Beam's S3 and Azure filesystem options (``--s3_endpoint_url``,
-    ``--azure_connection_string``...); Google Cloud Storage takes the machine's
-    default credentials and needs none."""
+def storage_option_parser(prog: str) -> StrictArgumentParser:
+    """A parser of Beam's S3 and Azure filesystem flags (``--s3_endpoint_url``,
+    ``--azure_connection_string``...), built by Beam's own option classes; Google
+    Cloud Storage takes the machine's default credentials and needs none."""
     # Importing Beam warns, on the root logger, that BigQuery's optional client
     # is missing: nothing a training command's user can act on.
     logging.disable(logging.WARNING)
@@ -207,7 +207,10 @@ def storage_option_flags() -> frozenset[str]:
         from apache_beam.options.pipeline_options import AzureOptions, S3Options
     finally:
         logging.disable(logging.NOTSET)
-    return _flags_of((S3Options, AzureOptions))
+    parser = StrictArgumentParser(prog=prog, add_help=False)
+    for options in (S3Options, AzureOptions):
+        options._add_argparse_args(parser)
+    return parser
 
 
 def check_beam_args(

@@ -17,7 +17,7 @@ from petseg.flags import (
     check_beam_args,
     config_values,
     parser_flags,
-    storage_option_flags,
+    storage_option_parser,
     unknown_message,
 )
 
@@ -61,12 +61,11 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     args, storage_args = parser.parse_known_args(argv)
     try:
         if storage_args:
-            check_beam_args(storage_args, parser_flags(parser), known=storage_option_flags())
-            # What is left is Beam's flags and their values; anything else is a stray word.
-            after_flag = [arg.startswith("--") and "=" not in arg for arg in ["", *storage_args]]
-            for arg, is_value in zip(storage_args, after_flag, strict=False):
-                if not arg.startswith("-") and not is_value:
-                    parser.error(f"unexpected argument {arg}")
+            storage = storage_option_parser(parser.prog)
+            storage_flags = frozenset(parser_flags(storage))
+            check_beam_args(storage_args, parser_flags(parser), known=storage_flags)
+            # A stray word, a missing value: one line and exit 2, as for any flag.
+            storage.parse_args(storage_args)
         config = TrainConfig(**config_values(TrainConfig, args))
     except (ConfigError, UnknownFlagError) as error:
         parser.error(str(error))
