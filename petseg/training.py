@@ -199,7 +199,6 @@ class _Run:
     resumed_epochs: int
     previous_history: dict[str, list[float]]
     policy: str
-    after_epoch: Callable[[], None] | None  # e.g. a push of the workdir to its bucket
 
     @property
     def replicas(self) -> int:
@@ -234,10 +233,10 @@ def _train_and_evaluate(
 ) -> TrainingResult:
     """:func:`train_and_evaluate` in a local ``workdir``; ``after_epoch`` runs after each epoch."""
     started = time.perf_counter()
-    run = _prepare(config, workdir, after_epoch)
+    run = _prepare(config, workdir)
     with precision_policy(run.policy):
         model = _build_model(run)
-        _train(model, run)
+        _train(model, run, after_epoch)
         serving_model = _serving_model(model, run)
         # Folded once, for the final evaluation and the export alike.
         network = fold_batch_norm(serving_model)
@@ -260,7 +259,7 @@ def _train_and_evaluate(
     )
 
 
-def _prepare(config: TrainConfig, workdir: str, after_epoch: Callable[[], None] | None) -> _Run:
+def _prepare(config: TrainConfig, workdir: str) -> _Run:
     """The workdir, the strategy, the data and what a resumed run already did."""
     paths = Workdir(workdir)
     paths.make()
@@ -312,7 +311,6 @@ def _prepare(config: TrainConfig, workdir: str, after_epoch: Callable[[], None] 
         resumed_epochs=done,
         previous_history=read_history(paths.history_csv, before_epoch=done) if done else {},
         policy=compute_policy_name(config.mixed_precision, uses_gpu(strategy)),
-        after_epoch=after_epoch,
     )
 
 
@@ -333,8 +331,9 @@ def _build_model(run: _Run) -> keras.Model:
     return model
 
 
-def _train(model: keras.Model, run: _Run) -> None:
-    """The frozen phase, then fine-tuning, each skipped where a resumed run is past it."""
+def _train(model: keras.Model, run: _Run, after_epoch: Callable[[], None] | None) -> None:
+    """The frozen phase, then fine-tuning, each skipped where a resumed run is past it;
+    ``after_epoch`` runs after each epoch's files are written."""
     config, paths = run.config, run.paths
     panel_images, panel_masks = run.panel
     panel = PredictionPanel(panel_images, panel_masks, paths.plots) if len(panel_images) else None
@@ -350,7 +349,7 @@ def _train(model: keras.Model, run: _Run) -> None:
             append,
             best_so_far(history) if append else None,
             panel,
-            run.after_epoch,
+            after_epoch,
         )
 
     def fit(first_epoch: int, last_epoch: int, phase: str) -> None:
