@@ -70,12 +70,6 @@ def upsample_planes(probabilities, size: tuple[int, int]) -> np.ndarray:
     return planes if probabilities.ndim == 4 else planes[0]
 
 
-def upsample_probabilities(probabilities, size: tuple[int, int]) -> np.ndarray:
-    """:func:`upsample_planes`, channels last: float32 ``[height, width, C]`` (or
-    ``[N, height, width, C]``)."""
-    return np.moveaxis(upsample_planes(probabilities, size), -3, -1)
-
-
 def mask_and_confidence_of_planes(planes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Argmax over class planes ``[C, ..., H, W]`` and the winning probability, in one pass.
 
@@ -100,11 +94,26 @@ def mask_and_confidence_of_planes(planes: np.ndarray) -> tuple[np.ndarray, np.nd
     return mask, confidence
 
 
-def mask_and_confidence(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`mask_and_confidence_of_planes` for channels-last ``[..., H, W, C]``
-    probabilities, whose class planes are made contiguous first."""
-    planes = np.ascontiguousarray(np.moveaxis(np.asarray(probabilities, np.float32), -1, 0))
-    return mask_and_confidence_of_planes(planes)
+def mask_and_confidence(
+    probabilities, size: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices and the winning probability of channels-last probabilities, upsampled
+    to ``size`` first if given (:func:`upsample_planes`).
+
+    Args:
+      probabilities: float ``[S, S, C]`` (or ``[N, S, S, C]``).
+      size: ``(height, width)`` of the original image, or None to keep S x S.
+
+    Returns:
+      ``(uint8 class indices, float32 confidence)``, each ``[height, width]``
+      (or ``[N, height, width]``).
+    """
+    if size is None:
+        # Class planes made contiguous for the reduction.
+        planes = np.moveaxis(np.asarray(probabilities, np.float32), -1, 0)
+        return mask_and_confidence_of_planes(np.ascontiguousarray(planes))
+    planes = upsample_planes(probabilities, size)  # [C, H, W] or [N, C, H, W]
+    return mask_and_confidence_of_planes(np.moveaxis(planes, -3, 0))
 
 
 def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -117,8 +126,4 @@ def probabilities_to_mask(probabilities, size: tuple[int, int] | None = None) ->
     Returns:
       uint8 class indices ``[height, width]`` (or ``[N, height, width]``).
     """
-    if size is None:
-        return mask_and_confidence(probabilities)[0]
-    planes = upsample_planes(probabilities, size)
-    # [C, H, W] or [N, C, H, W]: classes first for the reduction.
-    return mask_and_confidence_of_planes(np.moveaxis(planes, -3, 0))[0]
+    return mask_and_confidence(probabilities, size)[0]

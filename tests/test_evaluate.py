@@ -13,7 +13,7 @@ from petseg.data.oxford import TRIMAP_TO_CLASS
 from petseg.data.synthetic import synthetic_example
 from petseg.evaluate import default_output, evaluate_examples, evaluate_export, main
 from petseg.imageio import resize_mask
-from petseg.upsample import probabilities_to_mask, upsample_probabilities
+from petseg.upsample import probabilities_to_mask, upsample_planes
 
 # Original sizes differ from the model's and from each other, as real photos do.
 SIZES = ((48, 80), (96, 64), (40, 40))
@@ -36,15 +36,15 @@ def write_oxford_folder(root, sizes=SIZES, split="test"):
     return root
 
 
-def test_upsample_probabilities_keeps_a_distribution_and_the_size():
+def test_upsampled_class_planes_keep_a_distribution_and_the_size():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(8, 8, 3))
     probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    up = upsample_probabilities(probabilities, (30, 17))
-    assert up.shape == (30, 17, 3) and up.dtype == np.float32
-    np.testing.assert_allclose(up.sum(-1), 1.0, atol=1e-5)
+    up = upsample_planes(probabilities, (30, 17))  # one plane per class
+    assert up.shape == (3, 30, 17) and up.dtype == np.float32
+    np.testing.assert_allclose(up.sum(0), 1.0, atol=1e-5)
     assert up.min() >= probabilities.min() - 1e-6 and up.max() <= probabilities.max() + 1e-6
-    batch = upsample_probabilities(probabilities[None], (30, 17))
+    batch = upsample_planes(probabilities[None], (30, 17))
     np.testing.assert_allclose(batch[0], up)
 
 
@@ -70,7 +70,7 @@ def test_probabilities_to_mask_without_size_is_argmax():
     probabilities[..., BORDER] = 1.0
     assert (probabilities_to_mask(probabilities) == BORDER).all()
     with pytest.raises(ValueError, match="positive"):
-        upsample_probabilities(probabilities, (0, 3))
+        upsample_planes(probabilities, (0, 3))
 
 
 def oracle_predictor(examples, image_size):

@@ -14,7 +14,7 @@ from apache_beam.ml.inference.base import PredictionResult
 from petseg.beam.io import error_output
 from petseg.beam.records import ImageKey, Segmentation
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
-from petseg.upsample import mask_and_confidence_of_planes, upsample_planes
+from petseg.upsample import mask_and_confidence
 
 
 def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:
@@ -22,9 +22,7 @@ def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndar
 
     The confidence of a pixel is the probability of the class it was given.
     """
-    mask, confidence = mask_and_confidence_of_planes(
-        upsample_planes(probabilities, (height, width))
-    )
+    mask, confidence = mask_and_confidence(probabilities, (height, width))
     return mask, float(np.mean(confidence, dtype=np.float64))
 
 
