@@ -119,8 +119,10 @@ def test_run_summary_is_the_same_whichever_way_its_elements_are_split_and_merged
     from petseg.beam.stats import RunSummaryCombineFn
 
     combine_fn = RunSummaryCombineFn(CLASS_NAMES, "m1")
-    elements = [("record", record) for record in _records()]
-    elements += [("matched", None)] * 7 + [("reused", None)] * 2 + [("pruned", None)]
+    records = _records()
+    elements = [("record", record) for record in records[2:]]
+    elements += [("reused", record) for record in records[:2]]
+    elements += [("matched", None)] * 7 + [("pruned", None)]
     elements += [("failed", "decode"), ("failed", "write")]
 
     whole = _combine(combine_fn, [elements])

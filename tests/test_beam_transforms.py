@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import io
 import json
+import pathlib
 
 import apache_beam as beam
 import numpy as np
@@ -20,14 +21,13 @@ from petseg.beam.faults import WRITE_RETRIES, EnvironmentFault
 from petseg.beam.inference import InferProbabilities
 from petseg.beam.masks import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
+from petseg.beam.shards import WriteTable, shard_name
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
     MaskProvenance,
     WriteMasks,
-    WriteTable,
     decode_mask,
     encode_mask,
-    shard_name,
     write_atomically,
 )
 from petseg.data import synthetic_example
@@ -338,6 +338,65 @@ def test_write_json_lines_writes_every_shard_sorted(tmp_path):
         assert shard == sorted(shard)
         lines += shard
     assert sorted(lines) == [f"/in/{name}" for name in "abcde"]
+
+
+def _shards(directory, num_shards: int) -> list[bytes]:
+    return [
+        pathlib.Path(shard_name(str(directory), "stats", index, num_shards)).read_bytes()
+        for index in range(num_shards)
+    ]
+
+
+def test_write_table_merges_many_runs_into_the_bytes_of_one(tmp_path, monkeypatch):
+    # Keys that need escaping, and two rows under one key, sort as (key, line).
+    keys = [f"/in/{index % 97:03d}\t{chr(0x4E00 + index)}\n.jpg" for index in range(300)]
+    rows = [(key, json.dumps({"path": key, "row": index})) for index, key in enumerate(keys)]
+
+    def write(directory, parts, run_chars):
+        with test_pipeline.TestPipeline() as pipeline:
+            created = tuple(
+                pipeline | f"Create{index}" >> beam.Create(part, reshuffle=False)
+                for index, part in enumerate(parts)
+            )
+            _ = created | WriteTable(str(directory), "stats", num_shards=2, run_chars=run_chars)
+
+    write(tmp_path / "one", [rows], run_chars=10**9)
+    # Runs of about four rows each, from two collections, merged three at a time.
+    monkeypatch.setattr("petseg.beam.shards.MERGE_FAN_IN", 3)
+    write(tmp_path / "many", [rows[::2], rows[1::2]], run_chars=200)
+
+    one = _shards(tmp_path / "one", 2)
+    assert _shards(tmp_path / "many", 2) == one
+    lines = [line for shard in one for line in shard.decode().splitlines()]
+    assert sorted(json.loads(line)["row"] for line in lines) == list(range(300))
+    for shard in one:
+        entries = [(json.loads(line)["path"], line) for line in shard.decode().splitlines()]
+        assert entries == sorted(entries)
+    # The runs are gone with their folder.
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [
+        "stats-00000-of-00002.jsonl",
+        "stats-00001-of-00002.jsonl",
+    ]
+
+
+def test_write_atomically_takes_chunks_from_a_function_called_per_attempt(tmp_path, monkeypatch):
+    monkeypatch.setattr("petseg.beam.faults.WRITE_RETRY_DELAY_S", 0.01)
+    rename = FileSystems.rename
+    failures = [OSError(errno.EIO, "I/O error")]
+    calls = []
+
+    def flaky(sources, destinations):
+        if failures:
+            raise failures.pop()
+        return rename(sources, destinations)
+
+    def chunks():
+        calls.append(1)
+        yield from (b"a", b"bc", b"")
+
+    monkeypatch.setattr(FileSystems, "rename", flaky)
+    write_atomically(str(tmp_path / "x.jsonl"), chunks)
+    assert (tmp_path / "x.jsonl").read_bytes() == b"abc" and len(calls) == 2
 
 
 def test_write_json_lines_writes_an_empty_shard_for_no_records(tmp_path):

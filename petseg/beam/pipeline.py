@@ -41,10 +41,11 @@ from petseg.beam.progress import ProgressReporter
 from petseg.beam.records import error_line
 from petseg.beam.resume import ListOutputs, PruneOutputs, ReuseMasks
 from petseg.beam.runrecord import claim_output, remove_leftovers
+from petseg.beam.shards import WriteTable
 from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
 from petseg.beam.tables import TableFormat, errors_format, stats_format
 from petseg.beam.threaded import available_cores
-from petseg.beam.write import WriteMasks, WriteTable, read_json, write_json, write_summary
+from petseg.beam.write import WriteMasks, read_json, write_json, write_summary
 
 DIRECT_RUNNERS = (
     None,
@@ -117,7 +118,6 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     new_records = written | "ComputeImageStats" >> beam.ParDo(
         ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, in_flight)
     )
-    records = (reused_records, new_records) | "FlattenRecords" >> beam.Flatten()
     errors = (
         (path_errors, decode_errors, postprocess_errors, write_errors)
         | "FlattenErrors" >> beam.Flatten()
@@ -125,24 +125,28 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     )
 
     stats_table = stats_format(job.stats_format, job.model.class_names)
+    # Records go on from the steps that make them, unflattened: a Flatten of
+    # several steps' outputs is a step of its own, which the DirectRunner
+    # would feed from its memory, every record at once.
+    records = (new_records, reused_records)
     _write_table(records, stats_line, STATS_DIR, stats_table, job)
-    _write_table(errors, error_line, ERRORS_DIR, errors_format(job.stats_format), job)
+    _write_table((errors,), error_line, ERRORS_DIR, errors_format(job.stats_format), job)
     summary_path = join_path(job.output, SUMMARY_FILE)
     _ = (
-        (sources, records, errors, reused_records, pruned)
+        (sources, new_records, errors, reused_records, pruned)
         | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
         | "WriteSummary" >> beam.Map(write_summary, summary_path)
     )
 
 
-def _write_table(rows, line, folder: str, table_format: TableFormat, job: SegmentJob) -> None:
-    """Writes ``rows`` as ``OUT/<folder>/<folder>-NNNNN-of-NNNNN.<suffix>`` shards."""
+def _write_table(parts, line, folder: str, table_format: TableFormat, job: SegmentJob) -> None:
+    """Writes the rows of ``parts`` as ``OUT/<folder>/<folder>-NNNNN-of-NNNNN.<suffix>`` shards."""
     name = folder.capitalize()
-    _ = (
-        rows
-        | f"Format{name}" >> beam.Map(line)
-        | f"Write{name}"
-        >> WriteTable(join_path(job.output, folder), folder, job.num_shards, table_format)
+    lines = tuple(
+        part | f"Format{name}{index or ''}" >> beam.Map(line) for index, part in enumerate(parts)
+    )
+    _ = lines | f"Write{name}" >> WriteTable(
+        join_path(job.output, folder), folder, job.num_shards, table_format
     )
 
 

@@ -38,7 +38,8 @@ from petseg.beam.io import (
     join_path,
 )
 from petseg.beam.job import SegmentConfigError, SegmentJob
-from petseg.beam.write import delete_if_present, read_json, shard_name, write_json
+from petseg.beam.shards import shard_name
+from petseg.beam.write import delete_if_present, read_json, write_json
 
 RECORD_FORMAT = 1
 OUTPUT_FOLDERS = (MASKS_DIR, OVERLAYS_DIR, STATS_DIR, ERRORS_DIR)

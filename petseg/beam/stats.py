@@ -288,15 +288,16 @@ class RunAccumulator:
 
 
 # The kinds of element :class:`RunSummaryCombineFn` counts, tagged by :class:`SummarizeRun`.
-_COUNTED = ("matched", "reused", "pruned")
+_COUNTED = ("matched", "pruned")
 
 
 class RunSummaryCombineFn(beam.CombineFn):
     """``(kind, value)`` elements of a whole run -> its summary (see :func:`reconcile`).
 
     A ``("record", statistics record)`` adds an image to :class:`SummaryCombineFn`'s
-    sums, a ``("failed", stage)`` counts a failure, and ``("matched" | "reused" |
-    "pruned", None)`` counts one of those. One combine instead of one per count
+    sums, a ``("reused", statistics record)`` adds a reused mask's image and
+    counts it as reused, a ``("failed", stage)`` counts a failure, and
+    ``("matched" | "pruned", None)`` counts one of those. One combine instead of one per count
     keeps the pipeline short: every step costs the runner time to build and start.
 
     Args:
@@ -312,8 +313,10 @@ class RunSummaryCombineFn(beam.CombineFn):
 
     def add_input(self, accumulator: RunAccumulator, element: tuple[str, Any]) -> RunAccumulator:
         kind, value = element
-        if kind == "record":
+        if kind in ("record", "reused"):
             self._images.add_input(accumulator.images, value)
+            if kind == "reused":
+                accumulator.reused += 1
         elif kind == "failed":
             accumulator.failures[value] = accumulator.failures.get(value, 0) + 1
         elif kind in _COUNTED:
@@ -327,7 +330,7 @@ class RunSummaryCombineFn(beam.CombineFn):
         merged = self.create_accumulator()
         merged.images = self._images.merge_accumulators(a.images for a in accumulators)
         for accumulator in accumulators:
-            for kind in _COUNTED:
+            for kind in (*_COUNTED, "reused"):
                 setattr(merged, kind, getattr(merged, kind) + getattr(accumulator, kind))
             for stage, count in accumulator.failures.items():
                 merged.failures[stage] = merged.failures.get(stage, 0) + count
@@ -347,8 +350,8 @@ def _counted(element: Any, kind: str) -> tuple[str, None]:
     return kind, None
 
 
-def _record(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return "record", record
+def _record(record: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
+    return kind, record
 
 
 def _failure(error: ErrorRecord) -> tuple[str, str]:
@@ -356,11 +359,13 @@ def _failure(error: ErrorRecord) -> tuple[str, str]:
 
 
 class SummarizeRun(beam.PTransform):
-    """``(matched sources, statistics records, errors)`` -> the one-element summary.
+    """``(matched sources, new statistics records, errors)`` -> the one-element summary.
 
     Two more collections may follow, for a resumed run: the statistics records
-    of reused masks (a subset of the records) and the pruned masks; each
-    element counts one. All of them meet in one :class:`RunSummaryCombineFn`.
+    of reused masks and the pruned masks. All of them meet in one
+    :class:`RunSummaryCombineFn`, each tagged where it is made: a Flatten of
+    records from several steps would be a step of its own, which the
+    DirectRunner feeds from its memory, all records at once.
 
     Args:
       class_names: the model's classes.
@@ -376,12 +381,12 @@ class SummarizeRun(beam.PTransform):
         matched, records, errors, *resumed = inputs
         tagged = [
             matched | "TagMatched" >> beam.Map(_counted, "matched"),
-            records | "TagRecords" >> beam.Map(_record),
+            records | "TagRecords" >> beam.Map(_record, "record"),
             errors | "TagFailures" >> beam.Map(_failure),
         ]
         if resumed:
             reused, pruned = resumed
-            tagged.append(reused | "TagReused" >> beam.Map(_counted, "reused"))
+            tagged.append(reused | "TagReused" >> beam.Map(_record, "reused"))
             tagged.append(pruned | "TagPruned" >> beam.Map(_counted, "pruned"))
         return (
             tagged

@@ -19,13 +19,16 @@ name its shards, so neither reruns nor resumed runs would match byte for byte.
 from __future__ import annotations
 
 import io
+import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 FORMATS = ("jsonl", "parquet")
 ERROR_COLUMNS = ("path", "stage", "error_type", "message")
+# Rows encoded at once; a Parquet row group each.
+CHUNK_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -40,20 +43,29 @@ class TableFormat:
     suffix: str
     columns: tuple[tuple[str, str], ...] = ()
 
-    def encode(self, lines: Sequence[str]) -> bytes:
+    def encode(self, lines: Iterable[str]) -> bytes:
         """The shard's bytes for its sorted JSON lines."""
+        return b"".join(self.chunks(lines))
+
+    def chunks(self, lines: Iterable[str]) -> Iterator[bytes]:
+        """The shard's bytes for its sorted JSON lines, a chunk at a time: a shard
+        can hold millions of lines, so they are never held all at once (nor is a
+        JSON Lines file; a Parquet file is, compressed, as its footer comes last)."""
+        lines = iter(lines)
         if self.suffix == "jsonl":
-            # One joined copy, no per-line one: a shard can hold 100,000 lines.
-            return "\n".join([*lines, ""]).encode("utf-8")
+            while chunk := list(itertools.islice(lines, CHUNK_ROWS)):
+                yield "".join(f"{line}\n" for line in chunk).encode("utf-8")
+            return
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = [flatten(json.loads(line)) for line in lines]
         schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in self.columns])
-        table = pa.Table.from_pylist(rows, schema=schema)
         buffer = io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd")
-        return buffer.getvalue()
+        with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+            while chunk := list(itertools.islice(lines, CHUNK_ROWS)):
+                rows = [flatten(json.loads(line)) for line in chunk]
+                writer.write_table(pa.Table.from_pylist(rows, schema=schema))
+        yield buffer.getvalue()
 
 
 def stats_format(name: str, class_names: Sequence[str]) -> TableFormat:

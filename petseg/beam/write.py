@@ -3,8 +3,9 @@
 Every file is written under a temporary name beside its destination and
 renamed into place, so a crashed or retried worker never leaves a
 half-written file under a final name. Encoders are deterministic: a rerun
-writes byte-identical masks, and JSON Lines are sorted by path within
-shards chosen by a stable hash, so reruns on any runner match byte for byte.
+writes byte-identical masks, and tables are sorted by path within shards
+chosen by a stable hash (:mod:`petseg.beam.shards`), so reruns on any
+runner match byte for byte.
 
 A mask is also its image's commit record: its PNG carries a ``petseg`` text
 chunk (:class:`MaskProvenance`) with what a resumed run needs to trust it
@@ -20,7 +21,7 @@ import itertools
 import json
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -34,7 +35,6 @@ from PIL import Image, PngImagePlugin
 from petseg.beam.faults import EnvironmentFault, with_write_retries
 from petseg.beam.io import error_output, is_present, is_remote, join_path, overlay_relative_path
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
-from petseg.beam.tables import TableFormat
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
 from petseg.drawing import CLASS_COLOURS, encode_overlay, palette
 
@@ -52,7 +52,6 @@ PROVENANCE_KEY = "petseg"
 _PROCESS_TOKEN = uuid.uuid4().hex[:16]
 _temporaries = itertools.count()
 CONFIDENCE_DECIMALS = 6
-JSON_LINES = TableFormat("jsonl")
 
 
 @dataclass(frozen=True)
@@ -146,10 +145,12 @@ def decode_mask(data: bytes) -> tuple[np.ndarray, MaskProvenance | None]:
     return mask, (MaskProvenance.from_text(text) if text is not None else None)
 
 
-def write_atomically(path: str, data: bytes) -> None:
+def write_atomically(path: str, data: bytes | Callable[[], Iterable[bytes]]) -> None:
     """Writes ``data`` to a temporary sibling of ``path``, then renames it to ``path``.
 
-    A failed attempt is retried a few times (see :mod:`petseg.beam.faults`).
+    ``data`` is the bytes, or a function that gives them in chunks (called
+    again for each attempt), for files too large to hold. A failed attempt is
+    retried a few times (see :mod:`petseg.beam.faults`).
 
     Raises:
       EnvironmentFault: the write or rename kept failing; no temporary file is left.
@@ -158,12 +159,24 @@ def write_atomically(path: str, data: bytes) -> None:
     with_write_retries(lambda: _write_once(path, data), f"cannot write {path}")
 
 
-def _write_once(path: str, data: bytes) -> None:
+def write_fresh(path: str, data: bytes | Callable[[], Iterable[bytes]]) -> None:
+    """Writes ``data`` (as :func:`write_atomically` takes it) straight to ``path``, a
+    name no reader looks at before the write is done (a hidden temporary)."""
+    with_write_retries(lambda: _create(path, data), f"cannot write {path}")
+
+
+def _create(path: str, data: bytes | Callable[[], Iterable[bytes]]) -> None:
+    chunks = [data] if isinstance(data, bytes) else data()
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+        for chunk in chunks:
+            file.write(chunk)
+
+
+def _write_once(path: str, data: bytes | Callable[[], Iterable[bytes]]) -> None:
     folder, _, name = path.rpartition("/")
     temporary = f"{folder}/.{name}{TEMP_MARKER}{_PROCESS_TOKEN}{next(_temporaries):016x}"
     try:
-        with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-            file.write(data)
+        _create(temporary, data)
         FileSystems.rename([temporary], [path])
     except BaseException:
         try:
@@ -281,86 +294,3 @@ class WriteMasks(ThreadedStep):
     fn_class = WriteMaskFn
     fn_label = "WriteMask"
     main_tag = "written"
-
-
-def shard_name(
-    directory: str, prefix: str, index: int, num_shards: int, suffix: str = "jsonl"
-) -> str:
-    """``directory/prefix-00003-of-00016.jsonl`` (or ``.parquet``)."""
-    return join_path(directory, f"{prefix}-{index:05d}-of-{num_shards:05d}.{suffix}")
-
-
-def shard_of(sort_key: str, num_shards: int) -> int:
-    """A shard chosen by a stable hash (Python's ``hash`` differs between processes)."""
-    return zlib.crc32(sort_key.encode("utf-8")) % num_shards
-
-
-class _WriteShardFn(beam.DoFn):
-    def __init__(self, directory: str, prefix: str, num_shards: int, table_format: TableFormat):
-        self._directory = directory
-        self._prefix = prefix
-        self._num_shards = num_shards
-        self._format = table_format
-
-    def process(self, element: tuple[int, Iterable[tuple[str, str] | None]]) -> Iterator[str]:
-        index, entries = element
-        lines = [line for _, line in sorted(entry for entry in entries if entry is not None)]
-        path = shard_name(
-            self._directory, self._prefix, index, self._num_shards, self._format.suffix
-        )
-        data = self._format.encode(lines)
-        if not data and is_remote(path):
-            # Beam's S3 writer cannot write a zero-length object, so an object
-            # store holds no empty shard; an older one of that name must go.
-            delete_if_present(path)
-            return
-        write_atomically(path, data)
-        yield path
-
-
-class WriteTable(beam.PTransform):
-    """Writes ``(sort key, JSON line)`` pairs to a fixed number of sorted shards.
-
-    Every shard is written, empty or not, so a folder always holds exactly
-    ``num_shards`` files and a rerun rewrites the same names with the same bytes.
-
-    Args:
-      directory: the folder of the shards.
-      prefix: shard file name prefix.
-      num_shards: how many shards.
-      table_format: JSON Lines (the default) or Parquet (:mod:`petseg.beam.tables`).
-
-    Returns the PCollection of written shard paths.
-    """
-
-    def __init__(
-        self,
-        directory: str,
-        prefix: str,
-        num_shards: int = 1,
-        table_format: TableFormat = JSON_LINES,
-    ):
-        super().__init__()
-        if num_shards < 1:
-            raise ValueError(f"num_shards must be at least 1, got {num_shards}")
-        self._directory = directory
-        self._prefix = prefix
-        self._num_shards = num_shards
-        self._format = table_format
-
-    def expand(self, lines):
-        num_shards = self._num_shards
-        keyed = lines | "KeyByShard" >> beam.Map(
-            lambda entry: (shard_of(entry[0], num_shards), entry)
-        )
-        # One empty marker per shard, so shards without lines are still written.
-        markers = lines.pipeline | "CreateShards" >> beam.Create(
-            [(index, None) for index in range(num_shards)]
-        )
-        return (
-            (keyed, markers)
-            | "FlattenShards" >> beam.Flatten()
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard"
-            >> beam.ParDo(_WriteShardFn(self._directory, self._prefix, num_shards, self._format))
-        )

@@ -1,0 +1,226 @@
+"""Sorted table shards, written with bounded memory on any runner.
+
+A table's rows are ``(sort key, line)`` pairs. They are not grouped by
+shard themselves: each bundle sorts what it holds into *runs*, files in the
+table's ``.runs/`` folder written whenever it holds :data:`RUN_CHARS`
+characters and when it finishes, and only the runs' names are grouped by
+shard. Each shard is then a streaming merge of its runs (``heapq.merge``,
+:data:`MERGE_FAN_IN` at a time), encoded and written atomically, and the
+runs folder is deleted once every shard is written.
+
+So no step, and no runner, holds a whole table: before, the DirectRunner
+kept every statistics line in its memory until the end of the run, then the
+shard's writer sorted and joined them all at once. Runs of a bundle that
+failed are never named downstream; they go with the folder. Runs are hidden
+temporaries (:data:`~petseg.beam.write.TEMP_MARKER`), like any write cut short.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import itertools
+import json
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
+
+from petseg.beam.io import is_remote, join_path
+from petseg.beam.tables import TableFormat
+from petseg.beam.write import TEMP_MARKER, delete_if_present, write_atomically, write_fresh
+
+JSON_LINES = TableFormat("jsonl")
+RUNS_DIR = ".runs"
+# A bundle writes its sorted runs once it holds this many characters of rows.
+RUN_CHARS = 4 * 2**20
+# Runs merged at once; more are merged in rounds, through runs of runs.
+MERGE_FAN_IN = 64
+_PROCESS_TOKEN = uuid.uuid4().hex[:16]
+_runs = itertools.count()
+
+
+def shard_name(
+    directory: str, prefix: str, index: int, num_shards: int, suffix: str = "jsonl"
+) -> str:
+    """``directory/prefix-00003-of-00016.jsonl`` (or ``.parquet``)."""
+    return join_path(directory, f"{prefix}-{index:05d}-of-{num_shards:05d}.{suffix}")
+
+
+def shard_of(sort_key: str, num_shards: int) -> int:
+    """A shard chosen by a stable hash (Python's ``hash`` differs between processes)."""
+    return zlib.crc32(sort_key.encode("utf-8")) % num_shards
+
+
+def _run_path(runs_dir: str, prefix: str, shard: int) -> str:
+    return join_path(
+        runs_dir, f".{prefix}-{shard:05d}{TEMP_MARKER}{_PROCESS_TOKEN}{next(_runs):016x}"
+    )
+
+
+def write_run(path: str, rows: Iterable[tuple[str, str]]) -> None:
+    """Writes sorted rows as a run: per row, the key as JSON, a tab, the line.
+
+    A line is JSON already, so it holds no raw tab or newline; the key is
+    escaped, so any path survives.
+    """
+    write_fresh(path, lambda: (f"{json.dumps(key)}\t{line}\n".encode() for key, line in rows))
+
+
+def read_run(path: str) -> Iterator[tuple[str, str]]:
+    """A run's rows, in order, read as they are needed."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as raw:
+        for text in io.TextIOWrapper(raw, encoding="utf-8", newline="\n"):
+            key, _, line = text.rstrip("\n").partition("\t")
+            yield json.loads(key), line
+
+
+def merge_runs(paths: list[str], runs_dir: str, prefix: str, shard: int) -> Iterator[str]:
+    """The lines of ``paths``' runs in (key, line) order, merging at most
+    :data:`MERGE_FAN_IN` runs at once (more go through intermediate runs)."""
+    paths = sorted(paths)
+    while len(paths) > MERGE_FAN_IN:
+        merged = []
+        for start in range(0, len(paths), MERGE_FAN_IN):
+            path = _run_path(runs_dir, prefix, shard)
+            write_run(path, heapq.merge(*map(read_run, paths[start : start + MERGE_FAN_IN])))
+            merged.append(path)
+        paths = merged
+    return (line for _, line in heapq.merge(*map(read_run, paths)))
+
+
+class _SortIntoRunsFn(beam.DoFn):
+    """``(sort key, line)`` rows -> ``(shard, run path)``, a run per shard held."""
+
+    def __init__(self, runs_dir: str, prefix: str, num_shards: int, run_chars: int):
+        self._runs_dir = runs_dir
+        self._prefix = prefix
+        self._num_shards = num_shards
+        self._run_chars = run_chars
+
+    def start_bundle(self):
+        self._held: dict[int, list[tuple[str, str]]] = {}
+        self._chars = 0
+
+    def process(self, row: tuple[str, str]) -> Iterator[tuple[int, str]]:
+        key, line = row
+        self._held.setdefault(shard_of(key, self._num_shards), []).append(row)
+        self._chars += len(key) + len(line)
+        if self._chars >= self._run_chars:
+            yield from self._write_runs()
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for output in self._write_runs():
+            yield WindowedValue(output, MIN_TIMESTAMP, [GlobalWindow()])
+
+    def _write_runs(self) -> list[tuple[int, str]]:
+        held, self._held, self._chars = self._held, {}, 0
+        written = []
+        for shard, rows in sorted(held.items()):
+            rows.sort()
+            path = _run_path(self._runs_dir, self._prefix, shard)
+            write_run(path, rows)
+            written.append((shard, path))
+        return written
+
+
+class _WriteShardFn(beam.DoFn):
+    """``(shard, its run paths)`` -> the shard written from their merge; yields its path."""
+
+    def __init__(self, directory: str, prefix: str, num_shards: int, table_format: TableFormat):
+        self._directory = directory
+        self._prefix = prefix
+        self._num_shards = num_shards
+        self._format = table_format
+
+    def process(self, element: tuple[int, Iterable[str | None]]) -> Iterator[str]:
+        index, runs = element
+        runs = [run for run in runs if run is not None]
+        path = shard_name(
+            self._directory, self._prefix, index, self._num_shards, self._format.suffix
+        )
+        if not runs and not self._format.encode([]) and is_remote(path):
+            # Beam's S3 writer cannot write a zero-length object, so an object
+            # store holds no empty shard; an older one of that name must go.
+            delete_if_present(path)
+            return
+        runs_dir = join_path(self._directory, RUNS_DIR)
+        write_atomically(
+            path, lambda: self._format.chunks(merge_runs(runs, runs_dir, self._prefix, index))
+        )
+        yield path
+
+
+def _remove_runs(written: list[str], runs_dir: str) -> Iterator[str]:
+    delete_if_present(runs_dir, folder=True)
+    yield from sorted(written)
+
+
+class WriteTable(beam.PTransform):
+    """Writes ``(sort key, JSON line)`` pairs to a fixed number of sorted shards.
+
+    Takes one collection of pairs, or several (a tuple): each is sorted into
+    runs where it is made, so none is held whole to be flattened first.
+
+    Every shard is written, empty or not, so a folder always holds exactly
+    ``num_shards`` files and a rerun rewrites the same names with the same bytes.
+
+    Args:
+      directory: the folder of the shards.
+      prefix: shard file name prefix.
+      num_shards: how many shards.
+      table_format: JSON Lines (the default) or Parquet (:mod:`petseg.beam.tables`).
+      run_chars: characters of rows a bundle holds before it writes them as runs.
+
+    Returns the PCollection of written shard paths.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        prefix: str,
+        num_shards: int = 1,
+        table_format: TableFormat = JSON_LINES,
+        run_chars: int = RUN_CHARS,
+    ):
+        super().__init__()
+        if num_shards < 1:
+            raise ValueError(f"num_shards must be at least 1, got {num_shards}")
+        self._directory = directory
+        self._prefix = prefix
+        self._num_shards = num_shards
+        self._format = table_format
+        self._run_chars = run_chars
+
+    def expand(self, rows):
+        parts = tuple(rows) if isinstance(rows, (tuple, list)) else (rows,)
+        runs_dir = join_path(self._directory, RUNS_DIR)
+        runs = tuple(
+            part
+            | f"SortIntoRuns{index or ''}"
+            >> beam.ParDo(
+                _SortIntoRunsFn(runs_dir, self._prefix, self._num_shards, self._run_chars)
+            )
+            for index, part in enumerate(parts)
+        )
+        # One empty marker per shard, so shards without rows are still written.
+        markers = parts[0].pipeline | "CreateShards" >> beam.Create(
+            [(index, None) for index in range(self._num_shards)]
+        )
+        return (
+            (*runs, markers)
+            | "FlattenShards" >> beam.Flatten()
+            | "GroupByShard" >> beam.GroupByKey()
+            | "WriteShard"
+            >> beam.ParDo(
+                _WriteShardFn(self._directory, self._prefix, self._num_shards, self._format)
+            )
+            | "AllShards" >> beam.combiners.ToList()
+            | "RemoveRuns" >> beam.FlatMap(_remove_runs, runs_dir)
+        )
