@@ -21,9 +21,10 @@ from petseg.beam.faults import WRITE_RETRIES, EnvironmentFault
 from petseg.beam.inference import InferProbabilities
 from petseg.beam.masks import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
-from petseg.beam.shards import WriteTable, shard_name
+from petseg.beam.shards import RUNS_DIR, WriteTable, remove_runs, shard_name
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
+    TEMP_MARKER,
     MaskProvenance,
     WriteMasks,
     decode_mask,
@@ -372,7 +373,10 @@ def test_write_table_merges_many_runs_into_the_bytes_of_one(tmp_path, monkeypatc
     for shard in one:
         entries = [(json.loads(line)["path"], line) for line in shard.decode().splitlines()]
         assert entries == sorted(entries)
-    # The runs are gone with their folder.
+    # The runs wait, as hidden temporaries, until the driver removes their folder.
+    runs = list((tmp_path / "many" / RUNS_DIR).iterdir())
+    assert len(runs) > 10 and all(TEMP_MARKER in run.name for run in runs)
+    remove_runs(str(tmp_path / "many"))
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [
         "stats-00000-of-00002.jsonl",
         "stats-00001-of-00002.jsonl",

@@ -140,13 +140,10 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
 
 
 def _write_table(parts, line, folder: str, table_format: TableFormat, job: SegmentJob) -> None:
-    """Writes the rows of ``parts`` as ``OUT/<folder>/<folder>-NNNNN-of-NNNNN.<suffix>`` shards."""
-    name = folder.capitalize()
-    lines = tuple(
-        part | f"Format{name}{index or ''}" >> beam.Map(line) for index, part in enumerate(parts)
-    )
-    _ = lines | f"Write{name}" >> WriteTable(
-        join_path(job.output, folder), folder, job.num_shards, table_format
+    """Writes ``line`` of each element of ``parts`` as
+    ``OUT/<folder>/<folder>-NNNNN-of-NNNNN.<suffix>`` shards."""
+    _ = parts | f"Write{folder.capitalize()}" >> WriteTable(
+        join_path(job.output, folder), folder, job.num_shards, table_format, row=line
     )
 
 

@@ -38,7 +38,7 @@ from petseg.beam.io import (
     join_path,
 )
 from petseg.beam.job import SegmentConfigError, SegmentJob
-from petseg.beam.shards import shard_name
+from petseg.beam.shards import remove_runs, shard_name
 from petseg.beam.write import delete_if_present, read_json, write_json
 
 RECORD_FORMAT = 1
@@ -164,7 +164,8 @@ def claim_output(job: SegmentJob, overwrite: bool = False) -> bool:
 
 
 def remove_leftovers(job: SegmentJob, pruned: bool) -> None:
-    """After a finished run: shards of another shard count, and emptied folders.
+    """After a finished run: the tables' sorted runs, shards of another shard count,
+    and emptied folders.
 
     Args:
       job: the job that finished.
@@ -172,6 +173,7 @@ def remove_leftovers(job: SegmentJob, pruned: bool) -> None:
     """
     for folder, prefix in ((STATS_DIR, "stats"), (ERRORS_DIR, "errors")):
         directory = join_path(job.output, folder)
+        remove_runs(directory)
         keep = {
             shard_name(directory, prefix, i, job.num_shards, job.stats_format)
             for i in range(job.num_shards)

@@ -5,14 +5,17 @@ shard themselves: each bundle sorts what it holds into *runs*, files in the
 table's ``.runs/`` folder written whenever it holds :data:`RUN_CHARS`
 characters and when it finishes, and only the runs' names are grouped by
 shard. Each shard is then a streaming merge of its runs (``heapq.merge``,
-:data:`MERGE_FAN_IN` at a time), encoded and written atomically, and the
-runs folder is deleted once every shard is written.
+:data:`MERGE_FAN_IN` at a time), encoded and written atomically. Once the
+pipeline is done, the driver deletes the runs folder (:func:`remove_runs`):
+a step for it would cost every run its start-up, and only the end of the
+whole pipeline is sure that no shard is written again.
 
 So no step, and no runner, holds a whole table: before, the DirectRunner
 kept every statistics line in its memory until the end of the run, then the
 shard's writer sorted and joined them all at once. Runs of a bundle that
-failed are never named downstream; they go with the folder. Runs are hidden
-temporaries (:data:`~petseg.beam.write.TEMP_MARKER`), like any write cut short.
+failed are never named downstream; they go with the folder, as do those of
+a killed run. Runs are hidden temporaries
+(:data:`~petseg.beam.write.TEMP_MARKER`), like any write cut short.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import itertools
 import json
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -95,20 +99,33 @@ def merge_runs(paths: list[str], runs_dir: str, prefix: str, shard: int) -> Iter
     return (line for _, line in heapq.merge(*map(read_run, paths)))
 
 
-class _SortIntoRunsFn(beam.DoFn):
-    """``(sort key, line)`` rows -> ``(shard, run path)``, a run per shard held."""
+def _as_row(row: tuple[str, str]) -> tuple[str, str]:
+    return row
 
-    def __init__(self, runs_dir: str, prefix: str, num_shards: int, run_chars: int):
+
+class _SortIntoRunsFn(beam.DoFn):
+    """Rows (as ``row`` makes them) -> ``(shard, run path)``, a run per shard held."""
+
+    def __init__(
+        self,
+        runs_dir: str,
+        prefix: str,
+        num_shards: int,
+        run_chars: int,
+        row: Callable[[Any], tuple[str, str]],
+    ):
         self._runs_dir = runs_dir
         self._prefix = prefix
         self._num_shards = num_shards
         self._run_chars = run_chars
+        self._row = row
 
     def start_bundle(self):
         self._held: dict[int, list[tuple[str, str]]] = {}
         self._chars = 0
 
-    def process(self, row: tuple[str, str]) -> Iterator[tuple[int, str]]:
+    def process(self, element: Any) -> Iterator[tuple[int, str]]:
+        row = self._row(element)
         key, line = row
         self._held.setdefault(shard_of(key, self._num_shards), []).append(row)
         self._chars += len(key) + len(line)
@@ -157,16 +174,21 @@ class _WriteShardFn(beam.DoFn):
         yield path
 
 
-def _remove_runs(written: list[str], runs_dir: str) -> Iterator[str]:
-    delete_if_present(runs_dir, folder=True)
-    yield from sorted(written)
+def remove_runs(directory: str) -> None:
+    """Deletes the runs folder of the table in ``directory``, once its shards are written.
+
+    Raises:
+      EnvironmentFault: it cannot be deleted.
+    """
+    delete_if_present(join_path(directory, RUNS_DIR), folder=True)
 
 
 class WriteTable(beam.PTransform):
-    """Writes ``(sort key, JSON line)`` pairs to a fixed number of sorted shards.
+    """Writes rows, ``(sort key, JSON line)`` pairs, to a fixed number of sorted shards.
 
-    Takes one collection of pairs, or several (a tuple): each is sorted into
-    runs where it is made, so none is held whole to be flattened first.
+    Takes one collection, or several (a tuple): each is sorted into runs
+    where it is made, so none is held whole to be flattened first. The runs
+    stay until :func:`remove_runs`.
 
     Every shard is written, empty or not, so a folder always holds exactly
     ``num_shards`` files and a rerun rewrites the same names with the same bytes.
@@ -177,6 +199,7 @@ class WriteTable(beam.PTransform):
       num_shards: how many shards.
       table_format: JSON Lines (the default) or Parquet (:mod:`petseg.beam.tables`).
       run_chars: characters of rows a bundle holds before it writes them as runs.
+      row: makes an element's row (default: the elements are rows).
 
     Returns the PCollection of written shard paths.
     """
@@ -188,6 +211,7 @@ class WriteTable(beam.PTransform):
         num_shards: int = 1,
         table_format: TableFormat = JSON_LINES,
         run_chars: int = RUN_CHARS,
+        row: Callable[[Any], tuple[str, str]] = _as_row,
     ):
         super().__init__()
         if num_shards < 1:
@@ -197,6 +221,7 @@ class WriteTable(beam.PTransform):
         self._num_shards = num_shards
         self._format = table_format
         self._run_chars = run_chars
+        self._row = row
 
     def expand(self, rows):
         parts = tuple(rows) if isinstance(rows, (tuple, list)) else (rows,)
@@ -205,7 +230,9 @@ class WriteTable(beam.PTransform):
             part
             | f"SortIntoRuns{index or ''}"
             >> beam.ParDo(
-                _SortIntoRunsFn(runs_dir, self._prefix, self._num_shards, self._run_chars)
+                _SortIntoRunsFn(
+                    runs_dir, self._prefix, self._num_shards, self._run_chars, self._row
+                )
             )
             for index, part in enumerate(parts)
         )
@@ -221,6 +248,4 @@ class WriteTable(beam.PTransform):
             >> beam.ParDo(
                 _WriteShardFn(self._directory, self._prefix, self._num_shards, self._format)
             )
-            | "AllShards" >> beam.combiners.ToList()
-            | "RemoveRuns" >> beam.FlatMap(_remove_runs, runs_dir)
         )
