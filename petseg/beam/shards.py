@@ -43,7 +43,7 @@ from petseg.beam.write import TEMP_MARKER, delete_if_present, write_atomically, 
 JSON_LINES = TableFormat("jsonl")
 RUNS_DIR = ".runs"
 # A bundle writes its sorted runs once it holds this many characters of rows.
-RUN_CHARS = 4 * 2**20
+RUN_CHARS = 2**20
 # Runs merged at once; more are merged in rounds, through runs of runs.
 MERGE_FAN_IN = 64
 _PROCESS_TOKEN = uuid.uuid4().hex[:16]

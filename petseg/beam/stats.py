@@ -16,6 +16,9 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.utils.windowed_value import WindowedValue
 
 from petseg.beam.records import (
     COUNTER_NAMESPACE,
@@ -346,26 +349,71 @@ class RunSummaryCombineFn(beam.CombineFn):
         )
 
 
-def _counted(element: Any, kind: str) -> tuple[str, None]:
-    return kind, None
+def _counted(element: Any) -> None:
+    return None
 
 
-def _record(record: dict[str, Any], kind: str) -> tuple[str, dict[str, Any]]:
-    return kind, record
+def _stage(error: ErrorRecord) -> str:
+    return error.stage
 
 
-def _failure(error: ErrorRecord) -> tuple[str, str]:
-    return "failed", error.stage
+class _SumRunFn(beam.DoFn):
+    """One kind of a run's elements -> one :class:`RunAccumulator` per bundle.
+
+    The summing a runner's lifted combine would do where the elements are
+    made; done by hand, because the DirectRunner does not lift a combine fed
+    by a Flatten of several steps, and held every statistics record until
+    the end of the run to combine them.
+
+    Args:
+      combine_fn: the run's :class:`RunSummaryCombineFn`.
+      kind: what each element is (see :class:`RunSummaryCombineFn`).
+      value: the element's value for that kind (default: the element).
+    """
+
+    def __init__(self, combine_fn: RunSummaryCombineFn, kind: str, value=None):
+        self._combine_fn = combine_fn
+        self._kind = kind
+        self._value = value
+
+    def start_bundle(self):
+        self._accumulator = self._combine_fn.create_accumulator()
+
+    def process(self, element: Any) -> Iterator[RunAccumulator]:
+        value = element if self._value is None else self._value(element)
+        self._accumulator = self._combine_fn.add_input(self._accumulator, (self._kind, value))
+        return iter(())
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        yield WindowedValue(self._accumulator, MIN_TIMESTAMP, [GlobalWindow()])
+
+
+class _MergeRunFn(beam.CombineFn):
+    """Merges :class:`RunAccumulator` elements into the run's summary."""
+
+    def __init__(self, combine_fn: RunSummaryCombineFn):
+        self._combine_fn = combine_fn
+
+    def create_accumulator(self) -> RunAccumulator:
+        return self._combine_fn.create_accumulator()
+
+    def add_input(self, accumulator: RunAccumulator, element: RunAccumulator) -> RunAccumulator:
+        return self._combine_fn.merge_accumulators([accumulator, element])
+
+    def merge_accumulators(self, accumulators: Iterable[RunAccumulator]) -> RunAccumulator:
+        return self._combine_fn.merge_accumulators(accumulators)
+
+    def extract_output(self, accumulator: RunAccumulator) -> dict[str, Any]:
+        return self._combine_fn.extract_output(accumulator)
 
 
 class SummarizeRun(beam.PTransform):
     """``(matched sources, new statistics records, errors)`` -> the one-element summary.
 
     Two more collections may follow, for a resumed run: the statistics records
-    of reused masks and the pruned masks. All of them meet in one
-    :class:`RunSummaryCombineFn`, each tagged where it is made: a Flatten of
-    records from several steps would be a step of its own, which the
-    DirectRunner feeds from its memory, all records at once.
+    of reused masks and the pruned masks. Each is summed where it is made, a
+    :class:`RunAccumulator` per bundle, and the sums meet in one merge of
+    :class:`RunSummaryCombineFn`'s accumulators.
 
     Args:
       class_names: the model's classes.
@@ -374,23 +422,21 @@ class SummarizeRun(beam.PTransform):
 
     def __init__(self, class_names: Sequence[str], model_id: str):
         super().__init__()
-        self._class_names = tuple(class_names)
-        self._model_id = model_id
+        self._combine_fn = RunSummaryCombineFn(class_names, model_id)
 
     def expand(self, inputs):
         matched, records, errors, *resumed = inputs
-        tagged = [
-            matched | "TagMatched" >> beam.Map(_counted, "matched"),
-            records | "TagRecords" >> beam.Map(_record, "record"),
-            errors | "TagFailures" >> beam.Map(_failure),
-        ]
+        kinds = [("Matched", matched, "matched", _counted), ("Records", records, "record", None)]
+        kinds.append(("Failures", errors, "failed", _stage))
         if resumed:
             reused, pruned = resumed
-            tagged.append(reused | "TagReused" >> beam.Map(_record, "reused"))
-            tagged.append(pruned | "TagPruned" >> beam.Map(_counted, "pruned"))
+            kinds += [("Reused", reused, "reused", None), ("Pruned", pruned, "pruned", _counted)]
+        sums = [
+            collection | f"Sum{name}" >> beam.ParDo(_SumRunFn(self._combine_fn, kind, value))
+            for name, collection, kind, value in kinds
+        ]
         return (
-            tagged
+            sums
             | "FlattenRun" >> beam.Flatten()
-            | "CombineRun"
-            >> beam.CombineGlobally(RunSummaryCombineFn(self._class_names, self._model_id))
+            | "CombineRun" >> beam.CombineGlobally(_MergeRunFn(self._combine_fn))
         )

@@ -27,8 +27,9 @@ from typing import Any
 
 FORMATS = ("jsonl", "parquet")
 ERROR_COLUMNS = ("path", "stage", "error_type", "message")
-# Rows encoded at once; a Parquet row group each.
-CHUNK_ROWS = 10_000
+# Rows encoded at once: JSON Lines a few hundred KiB at a time; a Parquet row group each.
+JSON_LINES_CHUNK_ROWS = 1_000
+PARQUET_CHUNK_ROWS = 10_000
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class TableFormat:
         JSON Lines file; a Parquet file is, compressed, as its footer comes last)."""
         lines = iter(lines)
         if self.suffix == "jsonl":
-            while chunk := list(itertools.islice(lines, CHUNK_ROWS)):
+            while chunk := list(itertools.islice(lines, JSON_LINES_CHUNK_ROWS)):
                 yield "".join(f"{line}\n" for line in chunk).encode("utf-8")
             return
         import pyarrow as pa
@@ -62,7 +63,7 @@ class TableFormat:
         schema = pa.schema([(name, getattr(pa, kind)()) for name, kind in self.columns])
         buffer = io.BytesIO()
         with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
-            while chunk := list(itertools.islice(lines, CHUNK_ROWS)):
+            while chunk := list(itertools.islice(lines, PARQUET_CHUNK_ROWS)):
                 rows = [flatten(json.loads(line)) for line in chunk]
                 writer.write_table(pa.Table.from_pylist(rows, schema=schema))
         yield buffer.getvalue()
