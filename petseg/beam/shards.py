@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import heapq
 import io
-import itertools
 import json
-import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -38,7 +36,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from petseg.beam.io import is_remote, join_path
 from petseg.beam.tables import TableFormat
-from petseg.beam.write import TEMP_MARKER, delete_if_present, write_atomically, write_fresh
+from petseg.beam.write import delete_if_present, temporary_suffix, write_atomically, write_fresh
 
 JSON_LINES = TableFormat("jsonl")
 RUNS_DIR = ".runs"
@@ -46,8 +44,6 @@ RUNS_DIR = ".runs"
 RUN_CHARS = 2**20
 # Runs merged at once; more are merged in rounds, through runs of runs.
 MERGE_FAN_IN = 64
-_PROCESS_TOKEN = uuid.uuid4().hex[:16]
-_runs = itertools.count()
 
 
 def shard_name(
@@ -63,9 +59,7 @@ def shard_of(sort_key: str, num_shards: int) -> int:
 
 
 def _run_path(runs_dir: str, prefix: str, shard: int) -> str:
-    return join_path(
-        runs_dir, f".{prefix}-{shard:05d}{TEMP_MARKER}{_PROCESS_TOKEN}{next(_runs):016x}"
-    )
+    return join_path(runs_dir, f".{prefix}-{shard:05d}{temporary_suffix()}")
 
 
 def write_run(path: str, rows: Iterable[tuple[str, str]]) -> None:

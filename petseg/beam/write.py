@@ -172,9 +172,14 @@ def _create(path: str, data: bytes | Callable[[], Iterable[bytes]]) -> None:
             file.write(chunk)
 
 
+def temporary_suffix() -> str:
+    """``.tmp-`` and 32 hex digits, new at each call: what marks a hidden name temporary."""
+    return f"{TEMP_MARKER}{_PROCESS_TOKEN}{next(_temporaries):016x}"
+
+
 def _write_once(path: str, data: bytes | Callable[[], Iterable[bytes]]) -> None:
     folder, _, name = path.rpartition("/")
-    temporary = f"{folder}/.{name}{TEMP_MARKER}{_PROCESS_TOKEN}{next(_temporaries):016x}"
+    temporary = f"{folder}/.{name}{temporary_suffix()}"
     try:
         _create(temporary, data)
         FileSystems.rename([temporary], [path])
