@@ -30,8 +30,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from petseg.beam.io import is_remote, join_path
@@ -128,7 +127,7 @@ class _SortIntoRunsFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for output in self._write_runs():
-            yield WindowedValue(output, MIN_TIMESTAMP, [GlobalWindow()])
+            yield GlobalWindows.windowed_value(output)
 
     def _write_runs(self) -> list[tuple[int, str]]:
         held, self._held, self._chars = self._held, {}, 0

@@ -16,8 +16,7 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.timestamp import MIN_TIMESTAMP
+from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from petseg.beam.records import (
@@ -385,7 +384,7 @@ class _SumRunFn(beam.DoFn):
         return iter(())
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
-        yield WindowedValue(self._accumulator, MIN_TIMESTAMP, [GlobalWindow()])
+        yield GlobalWindows.windowed_value(self._accumulator)
 
 
 class _MergeRunFn(beam.CombineFn):
