@@ -48,8 +48,8 @@ class BrightnessHandler(ModelHandler[np.ndarray, PredictionResult, _FakeModel]):
     Fails on an all-black image, as a model on a broken device would.
     """
 
-    def __init__(self):
-        super().__init__(min_batch_size=1, max_batch_size=1)
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": 1, "max_batch_size": 1}
 
     def load_model(self) -> _FakeModel:
         return _FakeModel()

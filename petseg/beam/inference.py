@@ -115,12 +115,19 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         model_copies: int | None = None,
         accelerator: str | None = None,
     ):
-        super().__init__(
-            min_batch_size=min_batch_size,
-            max_batch_size=max_batch_size,
-            large_model=share_model,
-            model_copies=model_copies,
-        )
+        # Batching and sharing are given through ModelHandler's public methods
+        # below rather than its constructor, whose arguments vary across Beam releases.
+        super().__init__()
+        self._batching = {
+            name: value
+            for name, value in (
+                ("min_batch_size", min_batch_size),
+                ("max_batch_size", max_batch_size),
+            )
+            if value is not None
+        }
+        self._share_model = share_model or model_copies is not None
+        self._model_copies = model_copies
         self._export_dir = export_dir
         self._fixed_batch_size = fixed_batch_size or max_batch_size
         self._accelerator = accelerator
@@ -177,7 +184,13 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         return {"accelerator": self._accelerator} if self._accelerator else {}
 
     def batch_elements_kwargs(self) -> Mapping[str, Any]:
-        return dict(self._batching_kwargs)
+        return dict(self._batching)
+
+    def share_model_across_processes(self) -> bool:
+        return self._share_model
+
+    def model_copies(self) -> int:
+        return self._model_copies or 1
 
 
 class InferProbabilities(beam.PTransform):
