@@ -12,7 +12,7 @@ export PETSEG_OXFORD_SAMPLE ?= $(SHARED)/data/oxford-pets-sample
 export PETSEG_ENCODER_WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test demo lint bench bench-gpu profile accuracy clean worker-requirements
+.PHONY: install test demo lint bench bench-gpu profile accuracy clean worker-requirements flink flink-up flink-down bench-flink
 
 install: $(STAMP)
 
@@ -22,7 +22,12 @@ $(STAMP): setup.py constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The Flink tests need Beam's job server and Flink (make flink): fetched here
+# where Java and Maven are installed, else those tests skip and say why.
 test: $(STAMP)
+	@if command -v mvn >/dev/null 2>&1 && command -v java >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory flink; \
+	else echo "make test: no Java and Maven here; the Flink tests will skip"; fi
 	$(BIN)/python -m pytest -q -rs tests
 
 demo: $(STAMP)
@@ -32,12 +37,29 @@ demo: $(STAMP)
 worker-requirements: $(STAMP)
 	$(BIN)/python -m petseg.worker_requirements > requirements-worker.txt
 
+# A Flink session cluster on localhost (docs/segment.md, "On Flink"): `flink`
+# fetches Beam's job server (Maven) and Flink (PyPI) into .cache/flink,
+# `flink-up` starts a JobManager, two TaskManagers and the SDK worker pool and
+# prints the job's flags, `flink-down` stops them all.
+flink: $(STAMP)
+	$(BIN)/python -m beam_jobs.flink.cluster fetch
+
+flink-up: flink
+	$(BIN)/python -m beam_jobs.flink.cluster up
+
+flink-down:
+	$(BIN)/python -m beam_jobs.flink.cluster down
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results
+
+# The job on the localhost Flink cluster against the DirectRunner (benchmarks/flink.py).
+bench-flink: flink
+	$(BIN)/python -m benchmarks.flink --out benchmarks/results
 
 # The bench model's serving and training step on the GPU TensorFlow sees
 # (docs/benchmarks.md, "On a GPU"); without one it exits 1 and measures nothing.

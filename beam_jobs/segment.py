@@ -27,10 +27,19 @@ installing on every worker, ``--dataflow_service_options
       --output gs://BUCKET/masks-run1 --runner DataflowRunner --project PROJECT \\
       --region REGION --temp_location gs://BUCKET/tmp --setup_file ./setup.py
 
-On Flink (SDK workers from the Dockerfile's image)::
+On a Flink session cluster on localhost (``make flink-up`` starts it and prints
+the ports; ``beam_jobs/flink/``)::
+
+  python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/ \\
+      --runner FlinkRunner --flink_master localhost:PORT \\
+      --flink_job_server_jar .cache/flink/beam-runners-flink-1.19-job-server-2.62.0.jar \\
+      --environment_type EXTERNAL --environment_config localhost:PORT --parallelism 2
+
+On a Flink cluster (SDK workers from the Dockerfile's image)::
 
   python -m beam_jobs.segment --input gs://BUCKET/photos/ --model gs://BUCKET/export \\
       --output gs://BUCKET/out --runner FlinkRunner --flink_master HOST:8081 \\
+      --flink_job_server_jar .cache/flink/beam-runners-flink-1.19-job-server-2.62.0.jar \\
       --environment_type DOCKER --environment_config petseg-beam-worker:latest
 """
 

@@ -19,6 +19,7 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from beam_jobs import segment as segment_job
+from petseg.beam.faults import engine_failure_message
 from petseg.beam.write import TEMP_MARKER
 from tests.beam_helpers import job_argv
 from tests.images import gradient, jpeg
@@ -215,3 +216,29 @@ def test_a_model_that_cannot_load_on_the_workers_fails_the_job(
     assert not (output / "errors").exists() or all(
         not path.read_text() for path in (output / "errors").iterdir()
     )
+
+
+# What Beam's portable runners raise when the engine ends a job, and when the job's code fails.
+ENGINE_LOST_A_WORKER = RuntimeError(
+    "Pipeline BeamApp-root-1205_50d7 failed in state FAILED: "
+    "org.apache.flink.runtime.rpc.exceptions.RecipientUnreachableException: Could not send "
+    "message to recipient taskmanager_0, because the recipient is unreachable.\nat org.apache..."
+)
+WORKER_CODE_FAILED = RuntimeError(
+    "Pipeline BeamApp-root-1205_50d7 failed in state FAILED: java.lang.RuntimeException: Error "
+    "received from SDK harness for instruction 7: Traceback (most recent call last):\n"
+    '  File "petseg/beam/write.py", line 1\nZeroDivisionError: division by zero'
+)
+
+
+def test_an_engine_failure_is_one_line_naming_its_state_and_cause():
+    message = engine_failure_message(ENGINE_LOST_A_WORKER)
+    assert message == (
+        "the runner ended the job in state FAILED: RecipientUnreachableException: Could not "
+        "send message to recipient taskmanager_0, because the recipient is unreachable."
+    )
+
+
+def test_a_failure_of_the_jobs_code_keeps_its_traceback():
+    assert engine_failure_message(WORKER_CODE_FAILED) is None
+    assert engine_failure_message(ValueError("Pipeline x failed")) is None

@@ -17,6 +17,7 @@ not a bundle.
 from __future__ import annotations
 
 import errno
+import re
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -77,6 +78,37 @@ def fault_message(error: BaseException) -> str | None:
             line = text[start + len(FAULT_PREFIX) :].splitlines()[0]
             return line.split(" [while running")[0].strip()
     return None
+
+
+# How Beam's portable runners (Flink's job server among them) report a job the
+# engine ended: ``Pipeline ID failed in state FAILED: CAUSE``.
+_ENGINE_FAILURE = re.compile(r"^Pipeline \S+ failed in state (\w+): (.*)$", re.DOTALL)
+# A worker's exception comes back as its Python traceback inside the cause.
+_PYTHON_TRACEBACK = "Traceback (most recent call last)"
+
+
+def engine_failure_message(error: BaseException) -> str | None:
+    """The engine's own reason for ending the job, or ``None`` where the job's code failed.
+
+    A portable runner reports two kinds of failure alike: the job's code
+    raising on a worker (its Python traceback is in the report: a defect,
+    whose traceback is worth keeping) and the engine giving up on its own
+    machinery (a TaskManager lost for good, no slots, restarts exhausted),
+    which says nothing about any input and which a rerun resumes after. Only
+    the second gets a one-line message: the state and the cause's first line,
+    Java package names dropped.
+    """
+    match = _ENGINE_FAILURE.match(str(error))
+    if match is None or _PYTHON_TRACEBACK in match[2]:
+        return None
+    state, cause = (
+        match[1],
+        match[2].strip().splitlines()[0] if match[2].strip() else "no reason given",
+    )
+    cause = re.sub(r"\b(?:[a-z_][a-z0-9_]*\.)+(?=[A-Z]\w*(?:Exception|Error)\b)", "", cause)
+    if len(cause) > 240:
+        cause = cause[:237].rstrip() + "..."
+    return f"the runner ended the job in state {state}: {cause}"
 
 
 def _causes(error: BaseException) -> Iterator[BaseException]:

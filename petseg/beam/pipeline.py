@@ -24,7 +24,7 @@ from apache_beam.options.pipeline_options import (
 from apache_beam.runners.runner import PipelineState
 
 from petseg.beam.decode import DecodeImages
-from petseg.beam.faults import EnvironmentFault, fault_message
+from petseg.beam.faults import EnvironmentFault, engine_failure_message, fault_message
 from petseg.beam.inference import InferProbabilities, SavedModelHandler
 from petseg.beam.io import (
     ERRORS_DIR,
@@ -157,7 +157,7 @@ def _run_pipeline(pipeline: beam.Pipeline) -> None:
     try:
         state = pipeline.run().wait_until_finish()
     except Exception as error:
-        message = fault_message(error)
+        message = fault_message(error) or engine_failure_message(error)
         if message is None:
             raise  # Not the environment: a defect, whose traceback is worth having.
         raise JobFailedError(message) from error
