@@ -58,7 +58,7 @@ from petseg.beam.command import (
     run,
     segment_images,
 )
-from petseg.beam.io import SUMMARY_FILE
+from petseg.beam.layout import SUMMARY_FILE
 from petseg.beam.pipeline import JobFailedError, build_pipeline
 
 __all__ = [

@@ -118,7 +118,7 @@ def export_bench_model(workdir: str, sizes: Sizes) -> str:
     init, as ``petseg.json``'s ``bench_model`` says."""
     from petseg.beam.write import write_json
     from petseg.config import TrainConfig
-    from petseg.export import METADATA_FILE, read_model_info
+    from petseg.serving.export import METADATA_FILE, read_model_info
     from petseg.training import train_and_evaluate
 
     image_size, alpha = sizes.image_size, sizes.alpha

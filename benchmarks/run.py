@@ -113,7 +113,7 @@ def markdown(results: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from petseg.export import read_model_info
+    from petseg.serving.export import read_model_info
 
     args = common.parse_args(argv, "benchmarks.run", "results")
     sizes = args.sizes

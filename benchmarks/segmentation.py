@@ -32,7 +32,7 @@ TWO_PROCESSES = ("--direct_running_mode", "multi_processing", "--direct_num_work
 def model_call(export_dir: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """The job's own model call (``ServingModel.probabilities``) on an export, and its side."""
     from petseg.beam.inference import ServingModel
-    from petseg.export import load_serving_model
+    from petseg.serving.export import load_serving_model
 
     serve, info = load_serving_model(export_dir)
     return ServingModel(serve, info.model_id, info.image_size).probabilities, info.image_size
@@ -115,7 +115,7 @@ def naive_loop(export_dir: str, paths: list[str], workdir: str) -> Callable[[], 
     import tensorflow as tf
     from PIL import Image
 
-    from petseg.export import KERAS_FILE
+    from petseg.serving.export import KERAS_FILE
 
     model = keras.models.load_model(os.path.join(export_dir, KERAS_FILE), compile=False)
     size = int(model.input_shape[1])

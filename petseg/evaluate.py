@@ -3,7 +3,7 @@
 Each image is decoded at its own size, resized to the model's S x S, run
 through the SavedModel's ``serving_default``; the class probabilities are
 resized back to the original height and width and reduced with argmax
-(:mod:`petseg.upsample`, exactly as the Beam job does) and compared with
+(:mod:`petseg.serving.upsample`, exactly as the Beam job does) and compared with
 the original label map. The result is what users of the masks get, not a
 score on squashed S x S labels.
 
@@ -33,11 +33,11 @@ from petseg.classes import CLASS_NAMES, DEFAULT_MASK_VALUES
 from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
 from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_examples
 from petseg.data.paired import pair_folders, parse_value_map
-from petseg.export import ExportError, load_serving_model
 from petseg.flags import StrictArgumentParser
 from petseg.imageio import ImageDecodeError
 from petseg.metrics import confusion_matrix, format_metrics, metrics_from_confusion
-from petseg.upsample import probabilities_to_mask
+from petseg.serving.export import ExportError, load_serving_model
+from petseg.serving.upsample import probabilities_to_mask
 
 logger = logging.getLogger(__name__)
 

@@ -22,11 +22,11 @@ from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 from tqdm import tqdm
 
+from petseg.beam.layout import REPORT_FILE
 from petseg.beam.tables import read_table
 from petseg.drawing import class_colour, encode_overlay
 from petseg.imageio import decode_image, resize_image, resize_mask
 
-REPORT_FILE = "report.html"
 THUMBNAIL_SIDE = 240
 
 

@@ -32,6 +32,20 @@ def is_remote(path: str) -> bool:
     return bool(_SCHEME.match(path))
 
 
+def is_present(path: str, folder: bool = False) -> bool:
+    """Whether a file, or with ``folder`` a folder, is there, through Beam's filesystems.
+
+    An object store has no folders: one is there when something lies under its prefix.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.exists(path):
+        return True
+    if not (folder and is_remote(path)):
+        return False
+    return bool(FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list)
+
+
 def download_folder(url: str, target: str) -> list[str]:
     """Copies every object under the folder ``url`` into the local folder ``target``.
 
@@ -121,3 +135,29 @@ def mirrored_folder(url: str) -> Iterator[FolderMirror]:
         mirror.push()
     finally:
         shutil.rmtree(mirror.local, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(path: str, prefix: str) -> Iterator[str]:
+    """A hidden sibling folder of ``path`` to fill, which then replaces ``path`` whole.
+
+    On a clean exit the folder is renamed to ``path`` (an existing ``path``
+    is removed first); on any error it is removed and ``path`` is left as
+    it was. A reader of ``path`` finds the old folder or the new one, never
+    a half-written mix.
+
+    Args:
+      path: the folder to write.
+      prefix: the start of the hidden folder's name, a dot first.
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield staging
+        if os.path.exists(path):
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -78,8 +78,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
     import logging
 
     from petseg.data import DataSourceError
-    from petseg.export import ExportError
     from petseg.model import EncoderWeightsError
+    from petseg.serving.export import ExportError
     from petseg.training import train_and_evaluate
 
     # force: importing Beam (for a bucket workdir) may already have configured the root logger.

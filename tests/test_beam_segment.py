@@ -16,8 +16,8 @@ from PIL import Image
 from beam_jobs import segment as segment_job
 from petseg.classes import CLASS_NAMES
 from petseg.drawing import CLASS_COLOURS
-from petseg.export import load_serving_model
 from petseg.imageio import decode_image
+from petseg.serving.export import load_serving_model
 from tests.beam_helpers import (
     BAD_IMAGES,
     COLLISION_LOSERS,

@@ -19,12 +19,12 @@ from PIL import Image
 from petseg.beam.decode import DecodeImages
 from petseg.beam.faults import WRITE_RETRIES, EnvironmentFault
 from petseg.beam.inference import InferProbabilities
+from petseg.beam.layout import TEMP_MARKER
 from petseg.beam.masks import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
 from petseg.beam.shards import RUNS_DIR, WriteTable, remove_runs, shard_name
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
-    TEMP_MARKER,
     MaskProvenance,
     WriteMasks,
     decode_mask,

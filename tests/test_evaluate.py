@@ -13,7 +13,7 @@ from petseg.data.oxford import TRIMAP_TO_CLASS
 from petseg.data.synthetic import synthetic_example
 from petseg.evaluate import default_output, evaluate_examples, evaluate_export, main
 from petseg.imageio import resize_mask
-from petseg.upsample import probabilities_to_mask, upsample_planes
+from petseg.serving.upsample import probabilities_to_mask, upsample_planes
 
 # Original sizes differ from the model's and from each other, as real photos do.
 SIZES = ((48, 80), (96, 64), (40, 40))
@@ -182,7 +182,7 @@ def test_evaluate_cli_reports_missing_data_in_one_line(tmp_path, tiny_export, ca
 
 
 def test_mask_and_confidence_equal_numpy_argmax_and_max_ties_included():
-    from petseg.upsample import mask_and_confidence
+    from petseg.serving.upsample import mask_and_confidence
 
     rng = np.random.default_rng(5)
     probabilities = rng.random((2, 7, 9, 3)).astype(np.float32)
@@ -196,7 +196,7 @@ def test_mask_and_confidence_equal_numpy_argmax_and_max_ties_included():
 
 @pytest.mark.parametrize("classes", [1, 2, 4])
 def test_mask_and_confidence_of_planes_for_any_number_of_classes(classes):
-    from petseg.upsample import mask_and_confidence_of_planes
+    from petseg.serving.upsample import mask_and_confidence_of_planes
 
     planes = np.random.default_rng(classes).random((classes, 5, 6)).astype(np.float32)
     planes[:, 0, 0] = 0.5  # every class tied: the lowest index wins

@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from petseg.export import load_serving_model, read_model_info
 from petseg.model import build_unet
+from petseg.serving.export import load_serving_model, read_model_info
 
 RELOAD = textwrap.dedent(
     """
@@ -113,8 +113,9 @@ def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
 def test_export_stores_each_folded_weight_once_and_serves_through_the_saver_too(tmp_path):
     import tensorflow as tf
 
-    from petseg.export import export_model, read_meta_graph
+    from petseg.export import export_model
     from petseg.folding import fold_batch_norm
+    from petseg.serving.export import read_meta_graph
 
     keras.utils.set_random_seed(5)
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)

@@ -16,7 +16,7 @@ import pytest
 from beam_jobs import segment as segment_job
 from petseg.beam.faults import EnvironmentFault
 from petseg.beam.inference import SavedModelHandler
-from petseg.export import ExportError, load_serving_model
+from petseg.serving.export import ExportError, load_serving_model
 from tests.beam_helpers import MODEL_SIZE
 from tests.images import gradient, jpeg
 

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petseg.beam.write import TEMP_MARKER
-from petseg.export import load_serving_model
+from petseg.beam.layout import TEMP_MARKER
+from petseg.serving.export import load_serving_model
 from tests.beam_helpers import expected_mask, job_argv
 from tests.corpus import (
     NOT_FOLLOWED,

@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from beam_jobs import segment as segment_job
-from petseg.beam.write import TEMP_MARKER
+from petseg.beam.layout import TEMP_MARKER
 from tests.beam_helpers import job_argv, snapshot
 from tests.images import gradient, jpeg
 

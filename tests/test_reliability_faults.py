@@ -20,7 +20,7 @@ from PIL import Image
 
 from beam_jobs import segment as segment_job
 from petseg.beam.faults import engine_failure_message
-from petseg.beam.write import TEMP_MARKER
+from petseg.beam.layout import TEMP_MARKER
 from tests.beam_helpers import job_argv
 from tests.images import gradient, jpeg
 
@@ -208,7 +208,7 @@ def test_a_model_that_cannot_load_on_the_workers_fails_the_job(
     def unloadable(export_dir):
         raise OSError(errno.EIO, "Input/output error", f"{export_dir}/variables")
 
-    monkeypatch.setattr("petseg.export.load_serving_model", unloadable)
+    monkeypatch.setattr("petseg.serving.export.load_serving_model", unloadable)
     output = tmp_path / "out"
     assert segment_job.main(job_argv(inputs, model_dir, output)) == 1
     (line,) = _error_lines(capsys.readouterr().err)

@@ -25,9 +25,10 @@ from PIL import Image
 
 from petseg.beam.decode import DecodeImages
 from petseg.beam.inference import InferProbabilities
+from petseg.beam.layout import TEMP_MARKER
 from petseg.beam.masks import PostprocessMasks
 from petseg.beam.records import STAGES, SourceImage
-from petseg.beam.write import TEMP_MARKER, WriteMasks
+from petseg.beam.write import WriteMasks
 from petseg.imageio import ImageDecodeError, decode_image, decode_mask
 from tests.images import animated_gif, encode, gradient, jpeg, png, png16
 from tests.test_beam_transforms import BrightnessHandler

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from beam_jobs import segment as segment_job
-from petseg.beam.io import RUN_RECORD_FILE
+from petseg.beam.layout import RUN_RECORD_FILE
 from petseg.beam.write import decode_mask
 from tests.beam_helpers import job_argv, snapshot
 from tests.images import gradient, jpeg

@@ -113,7 +113,7 @@ def test_class_weights_scale_each_class_contribution_to_the_loss():
 
 @pytest.mark.slow
 def test_train_and_evaluate_runs_both_phases_and_exports(tmp_path):
-    from petseg.export import read_model_info
+    from petseg.serving.export import read_model_info
     from petseg.training import train_and_evaluate
 
     config = TrainConfig(
@@ -164,7 +164,7 @@ def test_train_and_evaluate_runs_both_phases_and_exports(tmp_path):
 def test_mixed_precision_trains_in_bfloat16_exports_float32_and_resets_the_policy(tmp_path):
     import keras
 
-    from petseg.export import read_model_info
+    from petseg.serving.export import read_model_info
     from petseg.training import train_and_evaluate
 
     config = TrainConfig(
@@ -180,7 +180,7 @@ def test_mixed_precision_trains_in_bfloat16_exports_float32_and_resets_the_polic
     )
     assert {layer.dtype_policy.name for layer in reloaded.layers} == {"float32"}
     # ... and so is the SavedModel's graph: no tensor in it is bfloat16.
-    from petseg.export import read_meta_graph
+    from petseg.serving.export import read_meta_graph
 
     library = read_meta_graph(result.export_dir).graph_def.library
     assert library.function
@@ -225,7 +225,7 @@ def test_export_at_a_larger_size_with_flip_averaging_is_scored_as_served(tmp_pat
 
     from petseg.data import synthetic_example
     from petseg.evaluate import evaluate_export
-    from petseg.export import read_model_info
+    from petseg.serving.export import read_model_info
     from petseg.training import train_and_evaluate
 
     images, masks = tmp_path / "images", tmp_path / "masks"

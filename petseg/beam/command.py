@@ -17,8 +17,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from petseg.beam.faults import FAULT_PREFIX
-from petseg.beam.io import ERRORS_DIR, join_path
+from petseg.beam.io import join_path
 from petseg.beam.job import DEFAULT_BATCH_SIZE, SegmentConfig, SegmentConfigError, prepare_job
+from petseg.beam.layout import ERRORS_DIR
 from petseg.beam.pipeline import JobFailedError, run_job
 from petseg.flags import (
     UnknownFlagError,

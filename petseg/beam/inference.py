@@ -138,7 +138,7 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         Raises:
           EnvironmentFault: the model cannot be loaded on this worker.
         """
-        from petseg.export import load_serving_model
+        from petseg.serving.export import load_serving_model
 
         try:
             grow_gpu_memory()

@@ -42,20 +42,13 @@ import apache_beam as beam
 from apache_beam.io.filesystem import FileSystem
 from apache_beam.io.filesystems import FileSystems
 
-from petseg.beam.records import ErrorRecord, SourceImage
+from petseg.beam.layout import MASKS_DIR, OVERLAYS_DIR, TEMP_MARKER
+from petseg.beam.records import ERRORS_TAG, ErrorRecord, SourceImage
 from petseg.imageio import IMAGE_EXTENSIONS
 from petseg.storage import is_remote
 
 DEFAULT_EXTENSIONS: tuple[str, ...] = IMAGE_EXTENSIONS
 # OUT's layout (ARCHITECTURE.md, contracts 4-8).
-MASKS_DIR = "masks"
-OVERLAYS_DIR = "overlays"
-STATS_DIR = "stats"
-ERRORS_DIR = "errors"
-SUMMARY_FILE = "summary.json"
-RUN_RECORD_FILE = "petseg-run.json"
-REPORT_FILE = "report.html"
-ERRORS_TAG = "errors"
 COMMITTED_TAG = "committed"
 STALE_TAG = "stale"
 
@@ -94,18 +87,6 @@ def normalise_location(path: str) -> str:
     if is_remote(path):
         return path.rstrip("/")
     return os.path.abspath(os.path.expanduser(path))
-
-
-def is_present(path: str, folder: bool = False) -> bool:
-    """Whether a file, or with ``folder`` a folder, is there.
-
-    An object store has no folders: one is there when something lies under its prefix.
-    """
-    if FileSystems.exists(path):
-        return True
-    if not (folder and is_remote(path)):
-        return False
-    return bool(FileSystems.match([path.rstrip("/") + "/**"])[0].metadata_list)
 
 
 def join_path(base: str, *parts: str) -> str:
@@ -484,8 +465,6 @@ def list_outputs(output: str) -> Iterator[tuple[str, OutputFile]]:
     Raises:
       OSError: (or a filesystem's own error) OUT cannot be listed.
     """
-    from petseg.beam.write import TEMP_MARKER
-
     prefix = output.rstrip("/") + "/"
     for folder, kind, suffix in ((MASKS_DIR, "mask", ".png"), (OVERLAYS_DIR, "overlay", ".jpg")):
         for path in _list_files(join_path(output, folder)):

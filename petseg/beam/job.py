@@ -36,7 +36,7 @@ from petseg.flags import option
 from petseg.imageio import DEFAULT_MAX_PIXELS
 
 if TYPE_CHECKING:
-    from petseg.export import ModelInfo
+    from petseg.serving.export import ModelInfo
 
 WRITE_CHECK_FILE = ".petseg-write-check"
 # Images per inference batch: every batch runs at this one shape (see SavedModelHandler).
@@ -244,7 +244,7 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
     Raises:
       SegmentConfigError: the first problem found.
     """
-    from petseg.export import ExportError, check_export, read_model_info
+    from petseg.serving.export import ExportError, check_export, read_model_info
 
     inputs, output = config.input, config.output
     max_batch_size = config.max_batch_size

@@ -1,6 +1,6 @@
 """The job's postprocess step: keyed predictions at S x S -> masks at each image's size.
 
-The probabilities, not the small mask, are upsampled (:mod:`petseg.upsample`,
+The probabilities, not the small mask, are upsampled (:mod:`petseg.serving.upsample`,
 the same code ``train.py evaluate`` scores with): interpolating class
 probabilities and taking the argmax afterwards gives smooth boundaries,
 where resizing an S x S class map would give blocky ones.
@@ -14,7 +14,7 @@ from apache_beam.ml.inference.base import PredictionResult
 from petseg.beam.io import error_output
 from petseg.beam.records import ImageKey, Segmentation
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
-from petseg.upsample import mask_and_confidence
+from petseg.serving.upsample import mask_and_confidence
 
 
 def segment(probabilities: np.ndarray, height: int, width: int) -> tuple[np.ndarray, float]:

@@ -26,16 +26,9 @@ from apache_beam.runners.runner import PipelineState
 from petseg.beam.decode import DecodeImages
 from petseg.beam.faults import EnvironmentFault, engine_failure_message, fault_message
 from petseg.beam.inference import InferProbabilities, SavedModelHandler
-from petseg.beam.io import (
-    ERRORS_DIR,
-    MASKS_DIR,
-    STATS_DIR,
-    SUMMARY_FILE,
-    AssignMaskPaths,
-    MatchImages,
-    join_path,
-)
+from petseg.beam.io import AssignMaskPaths, MatchImages, join_path
 from petseg.beam.job import SegmentJob
+from petseg.beam.layout import ERRORS_DIR, MASKS_DIR, STATS_DIR, SUMMARY_FILE
 from petseg.beam.masks import PostprocessMasks
 from petseg.beam.progress import ProgressReporter
 from petseg.beam.records import error_line

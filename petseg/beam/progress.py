@@ -18,7 +18,7 @@ from typing import TextIO
 from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.io import join_path
-from petseg.beam.write import TEMP_MARKER
+from petseg.beam.layout import TEMP_MARKER
 
 DEFAULT_INTERVAL_S = 5.0
 # Listing a big output folder is not free: wait at least this many listings' time between them.

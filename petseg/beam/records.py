@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# The tag of every step's error records, beside its main output.
+ERRORS_TAG = "errors"
+
 # Beam metrics namespace of the job's counters (read, decoded, failed, masks_written, pixels_*).
 COUNTER_NAMESPACE = "petseg"
 # Stages an input can fail at, in pipeline order; errors JSON Lines name one of them.

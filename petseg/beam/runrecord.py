@@ -25,7 +25,9 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.faults import environment_fault
-from petseg.beam.io import (
+from petseg.beam.io import join_path
+from petseg.beam.job import SegmentConfigError, SegmentJob
+from petseg.beam.layout import (
     ERRORS_DIR,
     MASKS_DIR,
     OVERLAYS_DIR,
@@ -33,13 +35,10 @@ from petseg.beam.io import (
     RUN_RECORD_FILE,
     STATS_DIR,
     SUMMARY_FILE,
-    is_present,
-    is_remote,
-    join_path,
 )
-from petseg.beam.job import SegmentConfigError, SegmentJob
 from petseg.beam.shards import remove_runs, shard_name
 from petseg.beam.write import delete_if_present, read_json, write_json
+from petseg.storage import is_present, is_remote
 
 RECORD_FORMAT = 1
 OUTPUT_FOLDERS = (MASKS_DIR, OVERLAYS_DIR, STATS_DIR, ERRORS_DIR)

@@ -15,7 +15,7 @@ kept every statistics line in its memory until the end of the run, then the
 shard's writer sorted and joined them all at once. Runs of a bundle that
 failed are never named downstream; they go with the folder, as do those of
 a killed run. Runs are hidden temporaries
-(:data:`~petseg.beam.write.TEMP_MARKER`), like any write cut short.
+(:data:`~petseg.beam.layout.TEMP_MARKER`), like any write cut short.
 """
 
 from __future__ import annotations

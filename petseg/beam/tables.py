@@ -1,7 +1,7 @@
 """The statistics and errors tables: JSON Lines or Parquet shards, and reading them back.
 
 Both formats hold the same rows, sorted by input path within shards chosen
-by a stable hash (:class:`~petseg.beam.write.WriteShards`), so reruns and
+by a stable hash (:class:`~petseg.beam.shards.WriteTable`), so reruns and
 resumed runs write byte-identical files. Parquet's columns are flat, one
 pair per class, named from the model's classes::
 

@@ -39,7 +39,7 @@ import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.utils.windowed_value import WindowedValue
 
-from petseg.beam.io import ERRORS_TAG
+from petseg.beam.records import ERRORS_TAG
 
 
 def available_cores() -> int:

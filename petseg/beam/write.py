@@ -33,12 +33,13 @@ from apache_beam.metrics import Metrics
 from PIL import Image, PngImagePlugin
 
 from petseg.beam.faults import EnvironmentFault, with_write_retries
-from petseg.beam.io import error_output, is_present, is_remote, join_path, overlay_relative_path
+from petseg.beam.io import error_output, join_path, overlay_relative_path
+from petseg.beam.layout import TEMP_MARKER
 from petseg.beam.records import COUNTER_NAMESPACE, Segmentation
 from petseg.beam.threaded import ThreadedDoFn, ThreadedStep
 from petseg.drawing import CLASS_COLOURS, encode_overlay, palette
+from petseg.storage import is_present, is_remote
 
-TEMP_MARKER = ".tmp-"
 # A mask is mostly long runs of one class, which zlib's run-length strategy
 # packs faster and smaller than its default one; level 1 trades a little size
 # for speed (figures: docs/benchmarks.md, "What changed, and what each change

@@ -1,0 +1,149 @@
+"""The house's shape: no import circles in petseg, and workers that load only what they run."""
+
+from __future__ import annotations
+
+import ast
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "petseg"
+# What only training, evaluation's front end and the report use: a worker never needs it.
+TRAINING_MODULES = (
+    "petseg.export",
+    "petseg.model",
+    "petseg.layers",
+    "petseg.folding",
+    "petseg.training",
+    "petseg.config",
+    "petseg.data",
+    "petseg.callbacks",
+    "petseg.metrics",
+    "petseg.plots",
+    "petseg.distribute",
+    "petseg.report",
+    "petseg.evaluate",
+)
+TRAINING_PACKAGES = ("keras", "matplotlib", "tensorflow_datasets")
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each petseg module -> the petseg modules it imports, at the top or inside a function."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join(
+                        [*package.split(".")[: len(package.split(".")) - node.level + 1], base]
+                    ).strip(".")
+                targets.add(base)
+                targets.update(f"{base}.{alias.name}" for alias in node.names)
+        graph[name] = {target for target in targets if target in modules and target != name}
+    return graph
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in graph[node]:
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_circle_finder_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert circles(graph) == [["a", "b", "c"]]
+    assert circles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_of_petseg_imports_itself_back():
+    graph = import_graph()
+    assert "petseg.beam.layout" in graph and graph["petseg.beam.layout"] == set()
+    assert "petseg.beam.io" in graph["petseg.beam.write"]
+    assert circles(graph) == []
+
+
+WORKER = """
+import json, sys
+import tensorflow
+before = set(sys.modules)
+import petseg.beam.pipeline
+from petseg.beam.inference import SavedModelHandler
+model = SavedModelHandler({export!r}, max_batch_size=2).load_model()
+assert model.identity()
+print(json.dumps({{"tensorflow_imported": sorted(before), "after": sorted(sys.modules)}}))
+"""
+
+
+def test_a_worker_loads_the_model_without_training_code(model_dir):
+    """Importing the job's modules and loading a model, in a fresh interpreter, imports
+    no petseg training module and no training package beyond what ``import
+    tensorflow`` imports by itself (TensorFlow 2.20 loads Keras's optimizers eagerly)."""
+    script = WORKER.format(export=str(model_dir))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    modules = json.loads(done.stdout.strip().splitlines()[-1])
+    before, after = set(modules["tensorflow_imported"]), set(modules["after"])
+    assert "petseg.beam.write" in after and "petseg.serving.export" in after
+    assert not [name for name in TRAINING_MODULES if name in after]
+    added = {name.split(".")[0] for name in after - before}
+    assert not added & set(TRAINING_PACKAGES)
+    assert "tensorflow_datasets" not in after
+
+
+@pytest.mark.parametrize("module", ["petseg.serving.export", "petseg.serving.upsample"])
+def test_serving_modules_import_no_keras_themselves(module):
+    tree = ast.parse((REPO / (module.replace(".", "/") + ".py")).read_text())
+    imported = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    } | {
+        (node.module or "").split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    }
+    assert not imported & set(TRAINING_PACKAGES)
