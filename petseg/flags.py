@@ -84,7 +84,36 @@ class StrictArgumentParser(argparse.ArgumentParser):
         if kwargs.get("allow_abbrev", False):
             raise ValueError(f"allow_abbrev={kwargs['allow_abbrev']!r}: abbreviations are refused")
         kwargs["allow_abbrev"] = False
+        # argparse has no public list of a parser's flags, so the parser keeps
+        # its own as they are added (argparse's __init__ adds --help first).
+        self.flags: list[str] = []
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
         super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.flags.extend(action.option_strings)
+        return action
+
+    def add_argument_group(self, *args, **kwargs):
+        """As argparse's; the group's flags are also this parser's :attr:`flags`."""
+        group = super().add_argument_group(*args, **kwargs)
+        add_to_group = group.add_argument
+
+        def add_argument(*names, **options) -> argparse.Action:
+            action = add_to_group(*names, **options)
+            self.flags.extend(action.option_strings)
+            return action
+
+        group.add_argument = add_argument
+        return group
+
+    def add_subparsers(self, **kwargs):
+        """As argparse's; each subcommand's parser is also in :attr:`subcommands`."""
+        action = super().add_subparsers(**kwargs)
+        # add_parser fills this mapping of names to parsers (the action's choices).
+        self.subcommands = action.choices
+        return action
 
     def parse_args(self, args=None, namespace=None):
         """As argparse's, but the first unknown flag is named, with its closest match."""
@@ -122,16 +151,28 @@ class StrictArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {line}\n")
 
 
-def parser_flags(parser: argparse.ArgumentParser) -> list[str]:
+def parser_flags(parser: StrictArgumentParser) -> list[str]:
     """Every flag ``parser`` and its subcommands' parsers accept."""
     # A subcommand's unknown flags reach the top parser's parse_args, so its flags count there.
-    flags = []
-    for action in parser._actions:
-        flags.extend(action.option_strings)
-        if isinstance(action, argparse._SubParsersAction):
-            for subparser in action.choices.values():
-                flags.extend(parser_flags(subparser))
+    flags = list(parser.flags)
+    for subparser in parser.subcommands.values():
+        flags.extend(parser_flags(subparser))
     return flags
+
+
+class _OptionFlags(StrictArgumentParser):
+    """Collects the flags a Beam options class defines through its ``_add_argparse_args``.
+
+    That class method is Beam's documented hook for defining options (custom
+    options subclass ``PipelineOptions`` and override it), and it is the only
+    place Beam says which spellings a flag has: ``PipelineOptions``'s public
+    ``get_all_options`` gives destinations, not flags (``--experiment`` and
+    ``--experiments`` share one). The hook calls ``add_value_provider_argument``,
+    a method of Beam's own parser, which here is a plain flag.
+    """
+
+    def add_value_provider_argument(self, *args, **kwargs) -> argparse.Action:
+        return self.add_argument(*args, **kwargs)
 
 
 def _option_classes(base: type) -> list[type]:
@@ -148,18 +189,15 @@ def _option_classes(base: type) -> list[type]:
 
 @functools.cache
 def _flags_of(classes: tuple[type, ...]) -> frozenset[str]:
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
     flags: set[str] = set()
     for cls in classes:
         # A subclass without its own _add_argparse_args would add its parent's again.
         if "_add_argparse_args" not in cls.__dict__:
             continue
-        # One throwaway parser per class, so two classes that share a flag do
-        # not conflict; Beam's parser is needed for add_value_provider_argument.
-        parser = _BeamArgumentParser(allow_abbrev=False, add_help=False)
+        # One throwaway parser per class, so two classes that share a flag do not conflict.
+        parser = _OptionFlags(add_help=False)
         cls._add_argparse_args(parser)
-        flags.update(s for action in parser._actions for s in action.option_strings)
+        flags.update(parser.flags)
     return frozenset(flags)
 
 

@@ -41,14 +41,13 @@ class Failing(ThreadedDoFn):
         raise RuntimeError(f"cannot handle {number}")
 
 
-def test_outputs_keep_their_windows_timestamps_and_tags():
+def test_outputs_keep_their_timestamps_and_tags():
     numbers = list(range(40))
     with test_pipeline.TestPipeline() as pipeline:
         results = (
             pipeline
             | beam.Create(numbers)
             | beam.Map(lambda n: window.TimestampedValue(n, n))
-            | beam.WindowInto(window.FixedWindows(10))
             | beam.ParDo(SlowSquares(threads=3, max_in_flight=4)).with_outputs(
                 "odd", main="squares"
             )
@@ -58,18 +57,31 @@ def test_outputs_keep_their_windows_timestamps_and_tags():
             | beam.Map(
                 lambda square, w=beam.DoFn.WindowParam, t=beam.DoFn.TimestampParam: (
                     square,
-                    int(w.start),
+                    isinstance(w, window.GlobalWindow),
                     int(t),
                 )
             ),
-            equal_to([(n * n, n // 10 * 10, n) for n in numbers]),
+            equal_to([(n * n, True, n) for n in numbers]),
             label="CheckSquares",
         )
         assert_that(
-            results.odd | beam.Map(lambda n, w=beam.DoFn.WindowParam: (n, int(w.start))),
-            equal_to([(n, n // 10 * 10) for n in numbers if n % 2]),
+            results.odd | beam.Map(lambda n, t=beam.DoFn.TimestampParam: (n, int(t))),
+            equal_to([(n, n) for n in numbers if n % 2]),
             label="CheckOdd",
         )
+
+
+def test_an_element_outside_the_global_window_is_refused():
+    pipeline = beam.Pipeline()
+    _ = (
+        pipeline
+        | beam.Create(range(5))
+        | beam.Map(lambda n: window.TimestampedValue(n, n))
+        | beam.WindowInto(window.FixedWindows(10))
+        | beam.ParDo(SlowSquares(threads=2))
+    )
+    with pytest.raises(Exception, match="runs in the global window only"):
+        pipeline.run().wait_until_finish()
 
 
 def test_counters_bumped_in_emitted_are_recorded():
@@ -90,7 +102,8 @@ def test_outputs_leave_in_input_order_and_in_flight_stays_bounded():
         for number in range(30):
             element = WindowedValue(number, 0, [window.GlobalWindow()])
             outputs = fn.process(element.value, element.timestamp, element.windows[0])
-            emitted += [output for output in outputs if isinstance(output, WindowedValue)]
+            # From process: timestamped values, in the element's own (global) window.
+            emitted += [output for output in outputs if isinstance(output, window.TimestampedValue)]
             assert len(fn._pending) <= 3
         emitted += [output for output in fn.finish_bundle() if isinstance(output, WindowedValue)]
     finally:
@@ -125,7 +138,7 @@ def test_each_new_element_lets_at_most_one_finished_element_out():
     try:
         for number in numbers:
             outputs = fn.process(number, 0, window.GlobalWindow())
-            per_call.append([out.value for out in outputs if isinstance(out, WindowedValue)])
+            per_call.append([out.value for out in outputs if isinstance(out, window.TimestampedValue)])
             if number == 19:  # Nothing could leave so far; now all four finish.
                 fn.gate.set()
                 assert all(fn.finished.acquire(timeout=10) for _ in range(4))

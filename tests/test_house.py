@@ -147,3 +147,25 @@ def test_serving_modules_import_no_keras_themselves(module):
         if isinstance(node, ast.ImportFrom)
     }
     assert not imported & set(TRAINING_PACKAGES)
+
+
+# Private parts of Beam, argparse and Keras that petseg must not build on: each is
+# one upgrade away from breaking.
+PRIVATE_APIS = (
+    "_BeamArgumentParser",
+    "._actions",
+    "_SubParsersAction",
+    "WindowedValue(",
+    "_inbound_nodes",
+    "keras.src",
+)
+
+
+def test_petseg_uses_no_private_api_of_its_dependencies():
+    uses = [
+        f"{path.relative_to(REPO)}: {name}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for name in PRIVATE_APIS
+        if name in path.read_text()
+    ]
+    assert uses == []

@@ -8,7 +8,6 @@ checked to be one of Beam's (Beam silently drops flags it does not know).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from typing import Any
@@ -22,6 +21,7 @@ from petseg.beam.job import DEFAULT_BATCH_SIZE, SegmentConfig, SegmentConfigErro
 from petseg.beam.layout import ERRORS_DIR
 from petseg.beam.pipeline import JobFailedError, run_job
 from petseg.flags import (
+    StrictArgumentParser,
     UnknownFlagError,
     add_config_flags,
     check_beam_args,
@@ -40,7 +40,7 @@ EXIT_CONFIG = 2
 EXIT_TOO_MANY_FAILED_INPUTS = 3
 
 
-class _OneLineParser(argparse.ArgumentParser):
+class _OneLineParser(StrictArgumentParser):
     """Flag errors become :class:`SegmentConfigError`, which ``main`` prints on one line."""
 
     def error(self, message: str):

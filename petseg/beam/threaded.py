@@ -7,8 +7,11 @@ resizing, upsampling, PNG encoding, file writes) spend their time in C code
 that releases the GIL, so on a pool they run side by side on every core and
 alongside the model's own threads.
 
-:class:`ThreadedDoFn` keeps Beam's contract: outputs leave in input order
-with the window, timestamp and pane of the element they came from; at most
+:class:`ThreadedDoFn` keeps Beam's contract for a batch job, whose elements
+are all in the global window: outputs leave in input order with the
+timestamp of the element they came from (a ``TimestampedValue`` from
+``process``, Beam's ``GlobalWindows.windowed_value`` from ``finish_bundle``,
+both public); an element of any other window is refused; at most
 ``max_in_flight`` elements are held, so memory stays bounded; outputs leave
 at the pace inputs arrive (one finished element per new one); every element
 is finished before its bundle is (``finish_bundle`` waits and emits the
@@ -37,7 +40,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.utils.windowed_value import WindowedValue
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows, TimestampedValue
 
 from petseg.beam.records import ERRORS_TAG
 
@@ -120,13 +123,11 @@ class ThreadedDoFn(beam.DoFn):
         self._pending = collections.deque()
 
     def process(
-        self,
-        element: Any,
-        timestamp=beam.DoFn.TimestampParam,
-        window=beam.DoFn.WindowParam,
-        pane_info=beam.DoFn.PaneInfoParam,
+        self, element: Any, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterator[Any]:
-        self._pending.append((self._pool.submit(self.work, element), timestamp, window, pane_info))
+        if not isinstance(window, GlobalWindow):
+            raise ValueError(f"{type(self).__name__} runs in the global window only, not {window}")
+        self._pending.append((self._pool.submit(self.work, element), timestamp))
         # One in, at most one out: the oldest leaves once it is done, or when
         # the pool is full (waiting for it). Emitting every finished element
         # at once would send a burst downstream, and while the next step (the
@@ -137,7 +138,7 @@ class ThreadedDoFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[Any]:
         while self._pending:
-            yield from self._emit_oldest()
+            yield from self._emit_oldest(bundle_end=True)
 
     def teardown(self) -> None:
         if self._pool is not None:
@@ -148,16 +149,20 @@ class ThreadedDoFn(beam.DoFn):
             self._pool = None
             _release_pool(self._pool_threads)
 
-    def _emit_oldest(self) -> Iterator[Any]:
-        future, timestamp, window, pane_info = self._pending.popleft()
+    def _emit_oldest(self, bundle_end: bool = False) -> Iterator[Any]:
+        future, timestamp = self._pending.popleft()
         for output in future.result():
             self.emitted(output)
-            if isinstance(output, TaggedOutput):
-                yield TaggedOutput(
-                    output.tag, WindowedValue(output.value, timestamp, [window], pane_info)
-                )
-            else:
-                yield WindowedValue(output, timestamp, [window], pane_info)
+            tag, value = (
+                (output.tag, output.value) if isinstance(output, TaggedOutput) else (None, output)
+            )
+            # Outside process, Beam takes only values that carry their window.
+            value = (
+                GlobalWindows.windowed_value(value, timestamp)
+                if bundle_end
+                else TimestampedValue(value, timestamp)
+            )
+            yield value if tag is None else TaggedOutput(tag, value)
 
 
 class ThreadedStep(beam.PTransform):
