@@ -53,6 +53,12 @@ def parse_class_weights(text: str) -> tuple[float, ...]:
         raise ConfigError(f"class weights look like w0,w1,w2 (numbers), got {text!r}") from None
 
 
+def require(condition: bool, message: str) -> None:
+    """Raises :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything one training run depends on.
@@ -197,10 +203,11 @@ class TrainConfig:
         self._check()
 
     def _check(self) -> None:
-        def require(condition: bool, message: str) -> None:
-            if not condition:
-                raise ConfigError(message)
+        self._check_model()
+        self._check_schedule()
+        self._check_data()
 
+    def _check_model(self) -> None:
         require(
             self.dataset in DATASETS, f"dataset must be one of {DATASETS}, got {self.dataset!r}"
         )
@@ -217,6 +224,8 @@ class TrainConfig:
             self.alpha in VALID_ALPHAS, f"alpha must be one of {VALID_ALPHAS}, got {self.alpha}"
         )
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+
+    def _check_schedule(self) -> None:
         require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
         require(
             self.fine_tune_epochs >= 0,
@@ -238,6 +247,8 @@ class TrainConfig:
             self.steps_per_epoch is None or self.steps_per_epoch >= 1,
             f"steps per epoch must be at least 1, got {self.steps_per_epoch}",
         )
+
+    def _check_data(self) -> None:
         if self.class_weights is not None:
             require(
                 len(self.class_weights) == NUM_CLASSES,

@@ -11,6 +11,7 @@ the same evaluation scores it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -24,6 +25,16 @@ from petseg.data import oxford_examples, write_synthetic_files
 from petseg.flags import StrictArgumentParser
 
 PROG = "petseg-demo"
+# Seconds the demo's training may take on the real photos: the fine-tuning
+# epochs are fitted to this machine's measured speed, so a first `make demo`
+# takes minutes on any CPU generation.
+TRAINING_BUDGET_S = 300.0
+FINE_TUNE_EPOCHS = (4, 18)  # the fewest and the most the budget may give
+# Fine-tuning steps timed, after two untimed ones that trace and warm up.
+TIMED_STEPS = 4
+# An epoch of the demo's training over its timed steps alone: validation every
+# third epoch, checkpoints and the prediction panel (measured: docs/benchmarks.md).
+EPOCH_OVERHEAD = 1.8
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,73 @@ def plan(oxford_sample: str | None, encoder_weights: str | None, quick: bool) ->
     return DemoPlan("synthetic pets, random initialisation (no shared data found)", config, None)
 
 
+def fine_tune_step_seconds(config: TrainConfig) -> float:
+    """Seconds per fine-tuning step of ``config``'s training on this machine.
+
+    A few steps of the whole network (encoder unfrozen) on the training
+    pipeline's own batches, decoding and augmentation included (on a small
+    machine they take the same cores as the model), after two steps that
+    trace and warm up.
+    """
+    from petseg.data import AugmentConfig, train_batches
+    from petseg.inputs import load_datasets
+    from petseg.model import build_unet
+    from petseg.training import compile_model
+
+    data = load_datasets(config)
+    augment = AugmentConfig(config.flip, config.min_crop_scale, config.colour_jitter)
+    batches = iter(
+        train_batches(
+            data.train,
+            config.batch_size,
+            augment,
+            config.shuffle_buffer,
+            config.class_weights,
+            config.seed,
+        )
+    )
+    model = build_unet(
+        config.image_size, alpha=config.alpha, encoder_weights=None, trainable_encoder=True
+    )
+    compile_model(model, config, config.fine_tune_learning_rate, phase_steps=TIMED_STEPS + 2)
+    for _ in range(2):
+        model.train_on_batch(*next(batches))
+    started = time.perf_counter()
+    for _ in range(TIMED_STEPS):
+        model.train_on_batch(*next(batches))
+    return (time.perf_counter() - started) / TIMED_STEPS
+
+
+def fit_to_budget(config: TrainConfig, train_examples: int, budget_s: float) -> TrainConfig:
+    """``config`` with as many fine-tuning epochs as fit ``budget_s`` on this machine.
+
+    Every epoch, frozen or not, is costed as a fine-tuning one (the frozen
+    ones are cheaper), times :data:`EPOCH_OVERHEAD` for what an epoch does
+    beside its steps: validation, checkpoints, the prediction panel.
+    """
+    steps = config.steps_per_epoch or max(
+        1, int(train_examples * (1 - config.val_fraction)) // config.batch_size
+    )
+    epoch_s = EPOCH_OVERHEAD * steps * fine_tune_step_seconds(config)
+    fewest, most = FINE_TUNE_EPOCHS
+    epochs = int(budget_s // epoch_s) - config.epochs
+    return dataclasses.replace(config, fine_tune_epochs=max(fewest, min(most, epochs)))
+
+
+def _fitted_config(plan_: DemoPlan, quick: bool) -> TrainConfig:
+    """The plan's training, its fine-tuning fitted to the budget on the real photos."""
+    if not plan_.holdout_source or quick:
+        return plan_.config
+    trainval = len(oxford_examples(plan_.holdout_source, "trainval"))
+    config = fit_to_budget(plan_.config, trainval, TRAINING_BUDGET_S)
+    print(
+        f"[0/4] {config.fine_tune_epochs} fine-tuning epochs fit a training budget of "
+        f"{TRAINING_BUDGET_S:.0f} s on this machine",
+        flush=True,
+    )
+    return config
+
+
 def write_holdout(plan_: DemoPlan, folder: str, count: int) -> str:
     """Writes the images to segment, in the Oxford layout; returns the folder."""
     if os.path.exists(folder):
@@ -117,11 +195,12 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
     plan_ = plan(
         os.environ.get("PETSEG_OXFORD_SAMPLE"), os.environ.get("PETSEG_ENCODER_WEIGHTS"), quick
     )
+    config = _fitted_config(plan_, quick)
     print(f"[1/4] training on {plan_.description}", flush=True)
     training_dir = os.path.join(workdir, "training")
     if os.path.exists(training_dir):
         shutil.rmtree(training_dir)  # a demo starts fresh rather than resuming an old run
-    result = train_and_evaluate(plan_.config, training_dir)
+    result = train_and_evaluate(config, training_dir)
 
     holdout = write_holdout(plan_, os.path.join(workdir, "holdout"), holdout_count)
     output = os.path.join(workdir, "segmented")
@@ -161,6 +240,7 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
         "failed": summary["failed"],
         "reconciled": summary["reconciliation"]["ok"],
         "images_per_second": summary["images_per_second"],
+        "fine_tune_epochs": config.fine_tune_epochs,
         "total_seconds": round(time.monotonic() - started, 1),
     }
 

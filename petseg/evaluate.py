@@ -104,6 +104,19 @@ def default_output(model_dir: str, split: str) -> str:
     return os.path.join(os.path.dirname(os.path.abspath(model_dir)), f"eval_{split}.json")
 
 
+def _labelled_examples(data_dir, split, images_dir, masks_dir, mask_values):
+    """``(examples, mask value -> class, split name)`` of an Oxford split or a paired folder."""
+    if not images_dir:
+        return oxford_examples(data_dir, split), TRIMAP_TO_CLASS, split
+    if not masks_dir:
+        raise DataSourceError("--images-dir needs --masks-dir")
+    try:
+        value_map = parse_value_map(mask_values)
+    except ValueError as error:
+        raise DataSourceError(str(error)) from None
+    return list(pair_folders(images_dir, masks_dir).pairs), value_map, "paired"
+
+
 def evaluate_export(
     model_dir: str,
     data_dir: str | None = None,
@@ -135,18 +148,9 @@ def evaluate_export(
     if bool(data_dir) == bool(images_dir):
         raise DataSourceError("give either --data-dir (Oxford layout) or --images-dir/--masks-dir")
     serving_function, info = load_serving_model(model_dir)
-    if images_dir:
-        if not masks_dir:
-            raise DataSourceError("--images-dir needs --masks-dir")
-        try:
-            value_map = parse_value_map(mask_values)
-        except ValueError as error:
-            raise DataSourceError(str(error)) from None
-        examples = list(pair_folders(images_dir, masks_dir).pairs)
-        split = "paired"
-    else:
-        value_map = TRIMAP_TO_CLASS
-        examples = oxford_examples(data_dir, split)
+    examples, value_map, split = _labelled_examples(
+        data_dir, split, images_dir, masks_dir, mask_values
+    )
     if max(value_map.values()) >= info.num_classes:
         raise DataSourceError(
             f"labels map to class {max(value_map.values())} but the model has "

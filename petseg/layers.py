@@ -4,8 +4,8 @@ Keras 3 writes batch normalization with backend-neutral ops: a mean, a
 variance, then a multiply and an add over the whole activation, each a
 separate pass over memory, and as many again for the gradient. TensorFlow's
 ``FusedBatchNormV3`` does the same arithmetic in one kernel (oneDNN on CPUs,
-cuDNN on GPUs), several times faster per layer on the project's CPUs
-(docs/benchmarks.md). :class:`FusedBatchNormalization` is Keras'
+cuDNN on GPUs), one pass where Keras makes several (figures:
+docs/benchmarks.md). :class:`FusedBatchNormalization` is Keras'
 layer with that kernel inside: the same weights, the same config, the same
 moving-average updates, so models and checkpoints move between the two.
 """

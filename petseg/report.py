@@ -233,6 +233,24 @@ figcaption { font-size: 0.8em; color: #555; overflow-wrap: anywhere; }
 """
 
 
+def _class_charts(summary: dict) -> str:
+    """The report's class share and pet fraction charts, as one HTML section."""
+    return (
+        '<h2>Classes</h2><div class="grid wide">'
+        + _figure(
+            _data_uri(class_share_chart(summary), "image/png"),
+            "Share of all pixels per class",
+            "class shares",
+        )
+        + _figure(
+            _data_uri(pet_fraction_chart(summary), "image/png"),
+            "Images by pet fraction",
+            "pet fraction histogram",
+        )
+        + "</div>"
+    )
+
+
 def build_report(
     output: str,
     workdir: str | None = None,
@@ -269,22 +287,7 @@ def build_report(
     ) as progress:
         samples_html = _image_grid("Sample masks", sample_records, output, progress)
         worst_html = _image_grid("Least confident images", worst_records, output, progress)
-    charts = ""
-    if summary.get("images"):
-        charts = (
-            '<h2>Classes</h2><div class="grid wide">'
-            + _figure(
-                _data_uri(class_share_chart(summary), "image/png"),
-                "Share of all pixels per class",
-                "class shares",
-            )
-            + _figure(
-                _data_uri(pet_fraction_chart(summary), "image/png"),
-                "Images by pet fraction",
-                "pet fraction histogram",
-            )
-            + "</div>"
-        )
+    charts = _class_charts(summary) if summary.get("images") else ""
     page = (
         "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
         f"<title>petseg report: {html.escape(os.path.basename(os.path.abspath(output)))}</title>"

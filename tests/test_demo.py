@@ -35,3 +35,27 @@ def test_quick_demo_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypa
     assert (output / "report.html").stat().st_size > 10_000
     scores = json.loads((tmp_path / "demo" / "holdout_scores.json").read_text())
     assert scores["images"] == 4 and 0.0 <= scores["mean_iou"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("step_seconds", "expected"),
+    [
+        (0.1, 18),  # a fast machine: the most epochs
+        (0.3, 12),  # 300 s / (1.8 * 37 steps * 0.3 s) = 15 epochs, 3 of them frozen
+        (1.25, 4),  # a slow machine: no fewer than the fewest
+    ],
+)
+def test_fine_tuning_epochs_fit_the_training_budget(monkeypatch, step_seconds, expected):
+    monkeypatch.setattr(demo, "fine_tune_step_seconds", lambda config: step_seconds)
+    config = demo.plan("/nowhere", None, quick=False).config
+    config = demo.dataclasses.replace(config, batch_size=8, val_fraction=0.2, epochs=3)
+    fitted = demo.fit_to_budget(config, train_examples=370, budget_s=300.0)
+    assert fitted.fine_tune_epochs == expected
+    assert fitted.epochs == 3 and fitted.image_size == config.image_size
+
+
+def test_a_fine_tuning_step_is_timed_on_this_machine():
+    config = demo.plan("/nowhere", None, quick=True).config
+    config = demo.dataclasses.replace(config, image_size=32, batch_size=2)
+    seconds = demo.fine_tune_step_seconds(config)
+    assert 0 < seconds < 60

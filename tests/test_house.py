@@ -169,3 +169,17 @@ def test_petseg_uses_no_private_api_of_its_dependencies():
         if name in path.read_text()
     ]
     assert uses == []
+
+
+LONGEST_FUNCTION = 60
+
+
+def test_no_function_in_petseg_is_over_sixty_lines():
+    long = [
+        f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1})"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION
+    ]
+    assert long == []

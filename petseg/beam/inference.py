@@ -4,7 +4,7 @@ Beam's stock ``TFModelHandlerTensor`` loads models with
 ``tf.keras.models.load_model``, which Keras 3 cannot use on a SavedModel, so
 the project brings its own :class:`SavedModelHandler`. It loads the
 ``serving_default`` signature with ``tf.saved_model.load`` (through
-:func:`petseg.export.load_serving_model`); RunInference keeps one loaded
+:func:`petseg.serving.export.load_serving_model`); RunInference keeps one loaded
 model per worker process in Beam's shared handle, and every thread of that
 process uses it (a concrete function is safe to call from many threads).
 

@@ -122,7 +122,7 @@ class SegmentJob:
 
     Attributes:
       inputs: resolved inputs (pattern and root each).
-      model: the model's metadata (``petseg.export.ModelInfo``).
+      model: the model's metadata (``petseg.serving.export.ModelInfo``).
       output: normalised output folder OUT.
       extensions: extensions segmented, lower case, no dots.
       matched: distinct files the inputs matched when the job was checked.
@@ -235,6 +235,29 @@ def check_output(output: str, inputs: Sequence[InputSpec]) -> None:
         ) from None
 
 
+def _checked_limits(config: SegmentConfig) -> int:
+    """Checks the numeric flags; returns the smallest batch (``--max-batch-size`` if unset)."""
+    max_batch_size = config.max_batch_size
+    min_batch_size = max_batch_size if config.min_batch_size is None else config.min_batch_size
+    _check_positive("--max-batch-size", max_batch_size)
+    _check_positive("--min-batch-size", min_batch_size)
+    if min_batch_size > max_batch_size:
+        raise SegmentConfigError(
+            f"--min-batch-size {min_batch_size} is larger than --max-batch-size {max_batch_size}"
+        )
+    _check_positive("--max-pixels", config.max_pixels)
+    _check_positive("--max-file-bytes", config.max_file_bytes)
+    if config.threads is not None:
+        _check_positive("--threads", config.threads)
+    if config.model_copies is not None:
+        _check_positive("--model-copies", config.model_copies)
+    if not 0.0 <= config.max_failed_fraction <= 1.0:
+        raise SegmentConfigError(
+            f"--max-failed-fraction must be between 0 and 1, got {config.max_failed_fraction}"
+        )
+    return min_batch_size
+
+
 def prepare_job(config: SegmentConfig) -> SegmentJob:
     """Checks a configuration and resolves it into a :class:`SegmentJob`.
 
@@ -248,24 +271,8 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
 
     inputs, output = config.input, config.output
     max_batch_size = config.max_batch_size
-    min_batch_size = max_batch_size if config.min_batch_size is None else config.min_batch_size
+    min_batch_size = _checked_limits(config)
     max_pixels, max_file_bytes = config.max_pixels, config.max_file_bytes
-    _check_positive("--max-batch-size", max_batch_size)
-    _check_positive("--min-batch-size", min_batch_size)
-    if min_batch_size > max_batch_size:
-        raise SegmentConfigError(
-            f"--min-batch-size {min_batch_size} is larger than --max-batch-size {max_batch_size}"
-        )
-    _check_positive("--max-pixels", max_pixels)
-    _check_positive("--max-file-bytes", max_file_bytes)
-    if config.threads is not None:
-        _check_positive("--threads", config.threads)
-    if config.model_copies is not None:
-        _check_positive("--model-copies", config.model_copies)
-    if not 0.0 <= config.max_failed_fraction <= 1.0:
-        raise SegmentConfigError(
-            f"--max-failed-fraction must be between 0 and 1, got {config.max_failed_fraction}"
-        )
     extension_list = parse_extensions(config.extensions or DEFAULT_EXTENSIONS)
     if not inputs or any(not text.strip() for text in inputs):
         raise SegmentConfigError("--input must name a folder, a file or a pattern")

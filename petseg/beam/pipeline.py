@@ -54,19 +54,42 @@ class JobFailedError(RuntimeError):
 
 
 def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
-    """Adds the segmentation job's steps to ``pipeline``."""
-    handler = SavedModelHandler(
-        job.model.export_dir,
-        min_batch_size=job.min_batch_size,
-        max_batch_size=job.max_batch_size,
-        share_model=job.share_model,
-        model_copies=job.model_copies,
-        accelerator=job.accelerator,
+    """Adds the segmentation job's steps to ``pipeline``: resume, segment, write, summarize."""
+    sources = pipeline | "MatchImages" >> MatchImages(job.inputs, job.extensions)
+    to_segment, path_errors, reused_records, pruned = _resume(pipeline, sources, job)
+    written, segment_errors = _segment(to_segment, job)
+    new_records = written | "ComputeImageStats" >> beam.ParDo(
+        ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, _in_flight(job))
     )
+    errors = (
+        (path_errors, *segment_errors)
+        | "FlattenErrors" >> beam.Flatten()
+        | "CountErrors" >> beam.ParDo(CountErrorsFn())
+    )
+    # Records go on from the steps that make them, unflattened: a Flatten of
+    # several steps' outputs is a step of its own, which the DirectRunner
+    # would feed from its memory, every record at once.
+    records = (new_records, reused_records)
+    stats_table = stats_format(job.stats_format, job.model.class_names)
+    _write_table(records, stats_line, STATS_DIR, stats_table, job)
+    _write_table((errors,), error_line, ERRORS_DIR, errors_format(job.stats_format), job)
+    summary_path = join_path(job.output, SUMMARY_FILE)
+    _ = (
+        (sources, new_records, errors, reused_records, pruned)
+        | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
+        | "WriteSummary" >> beam.Map(write_summary, summary_path)
+    )
+
+
+def _in_flight(job: SegmentJob) -> int:
     # Each threaded step holds up to two batches, so the next batch is decoded
     # and the last one written while the model runs.
-    in_flight = 2 * job.max_batch_size
-    sources = pipeline | "MatchImages" >> MatchImages(job.inputs, job.extensions)
+    return 2 * job.max_batch_size
+
+
+def _resume(pipeline: beam.Pipeline, sources, job: SegmentJob):
+    """Sorts the matched sources against what OUT holds: ``(sources to segment, path
+    errors, statistics records of reused masks, pruned masks)``."""
     committed_outputs = pipeline | "ListOutputs" >> ListOutputs(job.output)
     new_sources, path_errors, committed, stale = (
         sources,
@@ -79,22 +102,33 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
         job.model.model_id,
         job.max_batch_size,
         threads=job.threads,
-        max_in_flight=in_flight,
+        max_in_flight=_in_flight(job),
     )
-    model_inputs, decode_errors = (
-        (new_sources, changed_sources)
-        # No reshuffle: the grouping by mask path has spread the images over
-        # the workers already, one key each.
-        | "FlattenSourcesToSegment" >> beam.Flatten()
-        | "DecodeImages"
-        >> DecodeImages(
-            job.model.image_size,
-            job.max_pixels,
-            job.max_file_bytes,
-            keep_original=job.overlays,
-            threads=job.threads,
-            max_in_flight=in_flight,
-        )
+    # No reshuffle: the grouping by mask path has spread the images over
+    # the workers already, one key each.
+    to_segment = (new_sources, changed_sources) | "FlattenSourcesToSegment" >> beam.Flatten()
+    return to_segment, path_errors, reused_records, pruned
+
+
+def _segment(sources, job: SegmentJob):
+    """Decode, infer, postprocess and write each source's mask: ``(written
+    segmentations, (decode, postprocess and write errors))``."""
+    handler = SavedModelHandler(
+        job.model.export_dir,
+        min_batch_size=job.min_batch_size,
+        max_batch_size=job.max_batch_size,
+        share_model=job.share_model,
+        model_copies=job.model_copies,
+        accelerator=job.accelerator,
+    )
+    in_flight = _in_flight(job)
+    model_inputs, decode_errors = sources | "DecodeImages" >> DecodeImages(
+        job.model.image_size,
+        job.max_pixels,
+        job.max_file_bytes,
+        keep_original=job.overlays,
+        threads=job.threads,
+        max_in_flight=in_flight,
     )
     predictions = model_inputs | "RunInference" >> InferProbabilities(handler)
     segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks(
@@ -108,28 +142,7 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
         threads=job.threads,
         max_in_flight=in_flight,
     )
-    new_records = written | "ComputeImageStats" >> beam.ParDo(
-        ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, in_flight)
-    )
-    errors = (
-        (path_errors, decode_errors, postprocess_errors, write_errors)
-        | "FlattenErrors" >> beam.Flatten()
-        | "CountErrors" >> beam.ParDo(CountErrorsFn())
-    )
-
-    stats_table = stats_format(job.stats_format, job.model.class_names)
-    # Records go on from the steps that make them, unflattened: a Flatten of
-    # several steps' outputs is a step of its own, which the DirectRunner
-    # would feed from its memory, every record at once.
-    records = (new_records, reused_records)
-    _write_table(records, stats_line, STATS_DIR, stats_table, job)
-    _write_table((errors,), error_line, ERRORS_DIR, errors_format(job.stats_format), job)
-    summary_path = join_path(job.output, SUMMARY_FILE)
-    _ = (
-        (sources, new_records, errors, reused_records, pruned)
-        | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
-        | "WriteSummary" >> beam.Map(write_summary, summary_path)
-    )
+    return written, (decode_errors, postprocess_errors, write_errors)
 
 
 def _write_table(parts, line, folder: str, table_format: TableFormat, job: SegmentJob) -> None:

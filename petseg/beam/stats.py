@@ -68,8 +68,8 @@ def mask_stats(
     """
     height, width = mask.shape
     total = width * height
-    # One comparison per class: several times faster than np.bincount, which
-    # first widens every uint8 pixel to a 64-bit index.
+    # One comparison per class over the uint8 mask, where np.bincount would
+    # first widen every pixel to a 64-bit index (figures: docs/benchmarks.md).
     counts = [int(np.count_nonzero(mask == index)) for index in range(len(class_names))]
     return {
         "path": source.path,

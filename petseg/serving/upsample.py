@@ -74,8 +74,9 @@ def mask_and_confidence_of_planes(planes: np.ndarray) -> tuple[np.ndarray, np.nd
     """Argmax over class planes ``[C, ..., H, W]`` and the winning probability, in one pass.
 
     Equal to ``np.argmax`` / ``np.max`` over the first axis (ties go to the
-    lower class index), but a loop over the few contiguous planes runs many
-    times faster than NumPy's reductions across them.
+    lower class index), but a loop over the few contiguous planes reads each
+    plane once, where NumPy's reductions stride across all of them for every
+    pixel (figures: docs/benchmarks.md).
 
     Returns:
       ``(uint8 class indices [..., H, W], float32 confidence [..., H, W])``.
