@@ -138,7 +138,9 @@ def test_each_new_element_lets_at_most_one_finished_element_out():
     try:
         for number in numbers:
             outputs = fn.process(number, 0, window.GlobalWindow())
-            per_call.append([out.value for out in outputs if isinstance(out, window.TimestampedValue)])
+            per_call.append(
+                [out.value for out in outputs if isinstance(out, window.TimestampedValue)]
+            )
             if number == 19:  # Nothing could leave so far; now all four finish.
                 fn.gate.set()
                 assert all(fn.finished.acquire(timeout=10) for _ in range(4))

@@ -27,8 +27,8 @@ from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
     MaskProvenance,
     WriteMasks,
-    decode_mask,
     encode_mask,
+    read_written_mask,
     write_atomically,
 )
 from petseg.data import synthetic_example
@@ -235,7 +235,7 @@ def test_write_masks_writes_palette_pngs_and_overlays(tmp_path):
     assert image.mode == "P" and image.size == (9, 6)
     np.testing.assert_array_equal(np.asarray(image), mask)
     assert image.getpalette()[:9] == [channel for colour in CLASS_COLOURS for channel in colour]
-    _, provenance = decode_mask((tmp_path / "out/masks/a/b.png").read_bytes())
+    _, provenance = read_written_mask((tmp_path / "out/masks/a/b.png").read_bytes())
     assert provenance == MaskProvenance("masks/a/b.png", 0, "m1", 4, 0.5)
     overlay = Image.open(tmp_path / "out/overlays/a/b.jpg")
     assert overlay.format == "JPEG" and overlay.size == (9, 6)

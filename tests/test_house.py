@@ -183,3 +183,12 @@ def test_no_function_in_petseg_is_over_sixty_lines():
         and node.end_lineno - node.lineno + 1 > LONGEST_FUNCTION
     ]
     assert long == []
+
+
+def test_the_job_package_names_each_of_its_modules():
+    import petseg.beam
+
+    modules = {path.stem for path in (PACKAGE / "beam").glob("*.py") if path.stem != "__init__"}
+    assert {
+        name for name in modules if f":mod:`petseg.beam.{name}`" not in petseg.beam.__doc__
+    } == set()

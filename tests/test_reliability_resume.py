@@ -17,7 +17,7 @@ import pytest
 
 from beam_jobs import segment as segment_job
 from petseg.beam.layout import RUN_RECORD_FILE
-from petseg.beam.write import decode_mask
+from petseg.beam.write import read_written_mask
 from tests.beam_helpers import job_argv, snapshot
 from tests.images import gradient, jpeg
 
@@ -91,7 +91,7 @@ def test_each_mask_records_its_provenance(inputs, model_dir, tmp_path):
     _run(inputs, model_dir, output)
     records = [json.loads(line) for line in (output / "stats/stats-00000-of-00001.jsonl").open()]
     record = next(r for r in records if r["path"].endswith("set1/pet004.jpg"))
-    mask, provenance = decode_mask((output / record["mask_path"]).read_bytes())
+    mask, provenance = read_written_mask((output / record["mask_path"]).read_bytes())
     assert provenance.source == "set1/pet004.jpg"
     assert provenance.source_bytes == (inputs / "set1/pet004.jpg").stat().st_size
     assert provenance.model_id == record["model_id"] and provenance.batch_size == 4
@@ -192,7 +192,7 @@ def test_another_model_is_refused_and_overwrite_replaces_the_run(
     record = json.loads((output / RUN_RECORD_FILE).read_text())
     assert record["model_id"] == "tiny-unet-retrained"
     for path in (output / "masks").rglob("*.png"):
-        assert decode_mask(path.read_bytes())[1].model_id == "tiny-unet-retrained"
+        assert read_written_mask(path.read_bytes())[1].model_id == "tiny-unet-retrained"
     _assert_same_as_fresh_run(output, inputs, other, tmp_path)
 
 

@@ -32,7 +32,7 @@ from petseg.beam.io import OutputFile, join_path, list_outputs, overlay_relative
 from petseg.beam.records import COUNTER_NAMESPACE, SourceImage
 from petseg.beam.stats import mask_stats
 from petseg.beam.threaded import ThreadedDoFn
-from petseg.beam.write import MaskProvenance, decode_mask, delete_if_present
+from petseg.beam.write import MaskProvenance, delete_if_present, read_written_mask
 
 INFER_TAG = "infer"
 
@@ -114,7 +114,7 @@ class ReuseMaskFn(ThreadedDoFn):
     def _record(self, source: SourceImage, data: bytes) -> dict[str, Any] | None:
         expected = (source.relative, source.size_bytes, self._model_id, self._batch_size)
         try:
-            mask, provenance = decode_mask(data)
+            mask, provenance = read_written_mask(data)
         except Exception:  # Not a mask this job wrote: segment the image again.
             return None
         if provenance is None or expected != _identity(provenance):

@@ -132,7 +132,7 @@ def encode_mask(
     return buffer.getvalue()
 
 
-def decode_mask(data: bytes) -> tuple[np.ndarray, MaskProvenance | None]:
+def read_written_mask(data: bytes) -> tuple[np.ndarray, MaskProvenance | None]:
     """A mask file's class map and provenance (``None`` without one).
 
     Raises:
