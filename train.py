@@ -13,8 +13,8 @@ Score an export at the images' original resolution::
 
     python train.py evaluate --model runs/pets/export --data-dir ~/data/oxford-iiit-pet
 
-Flags go into one frozen ``petseg.config.TrainConfig``; all logic lives in
-``petseg.training.train_and_evaluate(config, workdir)``. See docs/training.md.
+Flags go into one frozen ``petseg.training.config.TrainConfig``; all logic lives in
+``petseg.training.loop.train_and_evaluate(config, workdir)``. See docs/training.md.
 """
 
 from __future__ import annotations

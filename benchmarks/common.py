@@ -87,7 +87,7 @@ def bench_jpegs(
     """A folder under ``workdir`` of ``count`` photo-like JPEGs of ``size`` (a synthetic
     pet with grain, the same for the same index; files already there are kept), and their
     paths; with ``per_folder``, in subfolders of that many each, as in a bucket."""
-    from petseg.data import synthetic_example
+    from petseg.training.data import synthetic_example
 
     width, height = size
     name = f"jpegs-{count}" if size == OXFORD_MEDIAN_SIZE else f"jpegs-{width}x{height}-{count}"
@@ -113,13 +113,13 @@ def bench_jpegs(
 
 def export_bench_model(workdir: str, sizes: Sizes) -> str:
     """The folder ``workdir/model-<size>-<alpha>`` of ``sizes``' segmentation model, trained
-    and exported by ``petseg.training`` if absent: 32 steps on synthetic pets from the
+    and exported by ``petseg.training.loop`` if absent: 32 steps on synthetic pets from the
     ImageNet encoder (``PETSEG_ENCODER_WEIGHTS``, alpha 1.0), else one step from random
     init, as ``petseg.json``'s ``bench_model`` says."""
     from petseg.beam.write import write_json
-    from petseg.config import TrainConfig
     from petseg.serving.export import METADATA_FILE, read_model_info
-    from petseg.training import train_and_evaluate
+    from petseg.training.config import TrainConfig
+    from petseg.training.loop import train_and_evaluate
 
     image_size, alpha = sizes.image_size, sizes.alpha
     export_dir = os.path.join(workdir, f"model-{image_size}-{alpha}")

@@ -2,7 +2,7 @@
 
 The tutorial's recipe is rebuilt as its notebook writes it: its model
 (Keras' stock layers, fed float [0, 1] pixels), input pipeline and compile.
-petseg's is ``petseg.training``'s own model, input pipeline, compile and
+petseg's is ``petseg.training.loop``'s own model, input pipeline, compile and
 precision policy. Both train with the encoder frozen.
 """
 
@@ -30,7 +30,7 @@ def tutorial_unet(image_size: int, alpha: float, weights: str | None) -> keras.M
     from keras.layers import Conv2DTranspose
 
     from petseg.classes import NUM_CLASSES
-    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
+    from petseg.training.model import DECODER_FILTERS, SKIP_LAYER_NAMES
 
     shape, init = (image_size, image_size, 3), keras.initializers.RandomNormal(stddev=0.02)
     base = keras.applications.MobileNetV2(shape, alpha=alpha, include_top=False, weights=weights)
@@ -86,8 +86,8 @@ def make_recipe(
     the tutorial's model, pipeline and compile (Adam, accuracy) in float32, or petseg's
     model, input pipeline (flips) and compile under the policy of ``--mixed-precision
     auto`` (``petseg``) or ``off`` (``petseg_float32``)."""
-    from petseg.data import TRIMAP_TO_CLASS, AugmentConfig, files_dataset, train_batches
-    from petseg.distribute import compute_policy_name
+    from petseg.training.data import TRIMAP_TO_CLASS, AugmentConfig, files_dataset, train_batches
+    from petseg.training.distribute import compute_policy_name
 
     keras.utils.set_random_seed(0)
     if name == "tutorial":
@@ -104,10 +104,10 @@ def make_recipe(
 
 def petseg_model(image_size: int, alpha: float, weights: str | None, policy: str) -> keras.Model:
     """petseg's U-Net, encoder frozen, built and compiled under ``policy`` as training does."""
-    from petseg.config import TrainConfig
-    from petseg.distribute import precision_policy
-    from petseg.model import build_unet
-    from petseg.training import compile_model
+    from petseg.training.config import TrainConfig
+    from petseg.training.distribute import precision_policy
+    from petseg.training.loop import compile_model
+    from petseg.training.model import build_unet
 
     config = TrainConfig(dataset="synthetic")
     with precision_policy(policy):
@@ -159,9 +159,9 @@ def compare_accuracy(train_examples, test_examples, image_size, alpha, weights, 
     """The tutorial and petseg from the same encoder ``weights`` for ``epochs`` epochs each,
     scored on the test pairs at ``image_size``."""
     from petseg.classes import CLASS_NAMES
-    from petseg.data import TRIMAP_TO_CLASS, eval_batches, files_dataset
-    from petseg.metrics import metrics_from_confusion
-    from petseg.training import model_confusion
+    from petseg.training.data import TRIMAP_TO_CLASS, eval_batches, files_dataset
+    from petseg.training.loop import model_confusion
+    from petseg.training.metrics import metrics_from_confusion
 
     steps = max(1, len(train_examples) // TUTORIAL_BATCH)
     result: dict = {"epochs": epochs, "steps_per_epoch": steps, "test_images": len(test_examples)}
@@ -185,7 +185,7 @@ def measure(workdir: str, sizes: Sizes) -> dict:
     """:func:`compare_throughput` on the Oxford sample's trainval images (else 300
     synthetic pets), then :func:`compare_accuracy` where ``sizes`` asks for it and alpha
     1.0, the sample and the ImageNet weights are at hand."""
-    from petseg.data import oxford_examples, write_synthetic_files
+    from petseg.training.data import oxford_examples, write_synthetic_files
 
     sample = os.environ.get("PETSEG_OXFORD_SAMPLE", "")
     weights = os.environ.get("PETSEG_ENCODER_WEIGHTS", "")

@@ -20,9 +20,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from petseg.config import TrainConfig
-from petseg.data import oxford_examples, write_synthetic_files
 from petseg.flags import StrictArgumentParser
+from petseg.training.config import TrainConfig
+from petseg.training.data import oxford_examples, write_synthetic_files
 
 PROG = "petseg-demo"
 # Seconds the demo's training may take on the real photos: the fine-tuning
@@ -102,10 +102,10 @@ def fine_tune_step_seconds(config: TrainConfig) -> float:
     machine they take the same cores as the model), after two steps that
     trace and warm up.
     """
-    from petseg.data import AugmentConfig, train_batches
-    from petseg.inputs import load_datasets
-    from petseg.model import build_unet
-    from petseg.training import compile_model
+    from petseg.training.data import AugmentConfig, train_batches
+    from petseg.training.inputs import load_datasets
+    from petseg.training.loop import compile_model
+    from petseg.training.model import build_unet
 
     data = load_datasets(config)
     augment = AugmentConfig(config.flip, config.min_crop_scale, config.colour_jitter)
@@ -189,7 +189,7 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
     from petseg.beam.command import run as run_segmentation
     from petseg.evaluate import evaluate_export
     from petseg.report import build_report
-    from petseg.training import train_and_evaluate
+    from petseg.training.loop import train_and_evaluate
 
     started = time.monotonic()
     plan_ = plan(

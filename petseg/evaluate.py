@@ -30,14 +30,14 @@ import numpy as np
 import tensorflow as tf
 
 from petseg.classes import CLASS_NAMES, DEFAULT_MASK_VALUES
-from petseg.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
-from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_examples
-from petseg.data.paired import pair_folders, parse_value_map
 from petseg.flags import StrictArgumentParser
 from petseg.imageio import ImageDecodeError
-from petseg.metrics import confusion_matrix, format_metrics, metrics_from_confusion
 from petseg.serving.export import ExportError, load_serving_model
 from petseg.serving.upsample import probabilities_to_mask
+from petseg.training.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
+from petseg.training.data.oxford import TRIMAP_TO_CLASS, oxford_examples
+from petseg.training.data.paired import pair_folders, parse_value_map
+from petseg.training.metrics import confusion_matrix, format_metrics, metrics_from_confusion
 
 logger = logging.getLogger(__name__)
 

@@ -291,7 +291,7 @@ def check_beam_args(
 
 
 # ---- Flags built from a frozen config dataclass: each field's default, type and
-# help live once, on the field (see petseg.config.TrainConfig).
+# help live once, on the field (see petseg.training.config.TrainConfig).
 
 
 def option(

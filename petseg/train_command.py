@@ -1,6 +1,6 @@
 """The training command (``train.py``, ``petseg-train``, ``petseg train``): flags -> config -> training.
 
-Every flag is a field of :class:`~petseg.config.TrainConfig`; TensorFlow is
+Every flag is a field of :class:`~petseg.training.config.TrainConfig`; TensorFlow is
 loaded only once the flags are good, so ``--help`` and a typo answer at once.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from petseg.config import ConfigError, TrainConfig
 from petseg.flags import (
     StrictArgumentParser,
     UnknownFlagError,
@@ -20,6 +19,7 @@ from petseg.flags import (
     storage_option_parser,
     unknown_message,
 )
+from petseg.training.config import ConfigError, TrainConfig
 
 PROG = "train.py"
 
@@ -77,10 +77,10 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
 
     import logging
 
-    from petseg.data import DataSourceError
-    from petseg.model import EncoderWeightsError
     from petseg.serving.export import ExportError
-    from petseg.training import train_and_evaluate
+    from petseg.training.data import DataSourceError
+    from petseg.training.loop import train_and_evaluate
+    from petseg.training.model import EncoderWeightsError
 
     # force: importing Beam (for a bucket workdir) may already have configured the root logger.
     logging.basicConfig(

@@ -24,8 +24,8 @@ def export_tiny_model(export_dir: pathlib.Path) -> pathlib.Path:
     import keras
 
     from petseg.classes import CLASS_NAMES
-    from petseg.export import export_model
-    from petseg.model import build_unet
+    from petseg.training.export import export_model
+    from petseg.training.model import build_unet
 
     keras.utils.set_random_seed(7)
     model = build_unet(MODEL_SIZE, alpha=0.35, encoder_weights=None)

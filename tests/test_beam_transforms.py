@@ -31,8 +31,8 @@ from petseg.beam.write import (
     read_written_mask,
     write_atomically,
 )
-from petseg.data import synthetic_example
 from petseg.drawing import CLASS_COLOURS
+from petseg.training.data import synthetic_example
 from tests.images import gradient, jpeg, png
 
 SIZE = 16

@@ -176,7 +176,7 @@ def test_bench_photos_are_the_same_every_time(tmp_path):
 def test_tutorial_model_is_petsegs_network_in_keras_stock_layers(tmp_path):
     import numpy as np
 
-    from petseg.data import write_synthetic_files
+    from petseg.training.data import write_synthetic_files
 
     tutorial = training.tutorial_unet(32, 0.35, None)
     petseg = training.petseg_model(32, 0.35, None, "float32")

@@ -9,9 +9,9 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from petseg import data
-from petseg.data import tfds_source
 from petseg.imageio import decode_image, decode_mask, decode_resized
+from petseg.training import data
+from petseg.training.data import tfds_source
 from tests import images
 
 SIZE = 64

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from petseg.classes import BACKGROUND, BORDER, PET
-from petseg.data.files import LabelledFile
-from petseg.data.oxford import TRIMAP_TO_CLASS
-from petseg.data.synthetic import synthetic_example
 from petseg.evaluate import default_output, evaluate_examples, evaluate_export, main
 from petseg.imageio import resize_mask
 from petseg.serving.upsample import probabilities_to_mask, upsample_planes
+from petseg.training.data.files import LabelledFile
+from petseg.training.data.oxford import TRIMAP_TO_CLASS
+from petseg.training.data.synthetic import synthetic_example
 
 # Original sizes differ from the model's and from each other, as real photos do.
 SIZES = ((48, 80), (96, 64), (40, 40))
@@ -75,7 +75,7 @@ def test_probabilities_to_mask_without_size_is_argmax():
 
 def oracle_predictor(examples, image_size):
     """Returns one-hot probabilities of each true mask at model size, in call order."""
-    from petseg.data.files import lookup_table, read_pair
+    from petseg.training.data.files import lookup_table, read_pair
 
     table = lookup_table(TRIMAP_TO_CLASS)
     masks = [resize_mask(read_pair(ex, table)[1][..., 0], image_size) for ex in examples]
@@ -136,8 +136,8 @@ def test_evaluate_examples_skips_unreadable_pairs(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
-    from petseg.export import export_model
-    from petseg.model import build_unet
+    from petseg.training.export import export_model
+    from petseg.training.model import build_unet
 
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
     export_dir = str(tmp_path_factory.mktemp("run") / "export")

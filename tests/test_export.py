@@ -10,8 +10,8 @@ import keras
 import numpy as np
 import pytest
 
-from petseg.model import build_unet
 from petseg.serving.export import load_serving_model, read_model_info
+from petseg.training.model import build_unet
 
 RELOAD = textwrap.dedent(
     """
@@ -40,7 +40,7 @@ def test_saved_model_in_a_fresh_process_matches_keras(tmp_path):
     model.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(True))
     model.fit(images.astype(np.float32), masks, epochs=1, batch_size=4, verbose=0)
 
-    from petseg.export import export_model
+    from petseg.training.export import export_model
 
     export_dir = str(tmp_path / "export")
     metadata = {
@@ -90,7 +90,7 @@ def test_saved_model_in_a_fresh_process_matches_keras(tmp_path):
 
 
 def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
-    from petseg.export import export_model
+    from petseg.training.export import export_model
 
     keras.utils.set_random_seed(3)
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
@@ -113,9 +113,9 @@ def test_flip_averaging_export_serves_the_mean_of_image_and_mirror(tmp_path):
 def test_export_stores_each_folded_weight_once_and_serves_through_the_saver_too(tmp_path):
     import tensorflow as tf
 
-    from petseg.export import export_model
-    from petseg.folding import fold_batch_norm
     from petseg.serving.export import read_meta_graph
+    from petseg.training.export import export_model
+    from petseg.training.folding import fold_batch_norm
 
     keras.utils.set_random_seed(5)
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 
-from petseg.folding import FoldedBatchNormalization, fold_batch_norm
-from petseg.model import build_unet
+from petseg.training.folding import FoldedBatchNormalization, fold_batch_norm
+from petseg.training.model import build_unet
 
 
 def _layers(model: keras.Model) -> list:
@@ -115,7 +115,7 @@ def test_convolutions_read_elsewhere_keep_their_batch_norm():
 
 
 def test_a_float32_model_folded_under_mixed_precision_stays_float32():
-    from petseg.distribute import precision_policy
+    from petseg.training.distribute import precision_policy
 
     keras.utils.set_random_seed(8)
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)

@@ -14,17 +14,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "petseg"
 # What only training, evaluation's front end and the report use: a worker never needs it.
 TRAINING_MODULES = (
-    "petseg.export",
-    "petseg.model",
-    "petseg.layers",
-    "petseg.folding",
-    "petseg.training",
-    "petseg.config",
-    "petseg.data",
-    "petseg.callbacks",
-    "petseg.metrics",
-    "petseg.plots",
-    "petseg.distribute",
+    "petseg.training.export",
+    "petseg.training.model",
+    "petseg.training.layers",
+    "petseg.training.folding",
+    "petseg.training.loop",
+    "petseg.training.config",
+    "petseg.training.data",
+    "petseg.training.callbacks",
+    "petseg.training.metrics",
+    "petseg.training.plots",
+    "petseg.training.distribute",
     "petseg.report",
     "petseg.evaluate",
 )

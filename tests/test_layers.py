@@ -7,8 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from petseg.distribute import precision_policy
-from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization, with_fused_batch_norm
+from petseg.training.distribute import precision_policy
+from petseg.training.layers import (
+    ConcatConv2DTranspose,
+    FusedBatchNormalization,
+    with_fused_batch_norm,
+)
 
 SHAPE = (4, 6, 5, 8)
 
@@ -116,7 +120,7 @@ def test_with_fused_batch_norm_copies_a_nested_model(inputs):
 def _stock_unet(image_size: int, alpha: float) -> keras.Model:
     """The same U-Net written with Keras' stock layers only: Concatenate, Conv2DTranspose,
     BatchNormalization (the tutorial's formulation, with petseg's input scaling)."""
-    from petseg.model import DECODER_FILTERS, SKIP_LAYER_NAMES
+    from petseg.training.model import DECODER_FILTERS, SKIP_LAYER_NAMES
 
     backbone = keras.applications.MobileNetV2(
         input_shape=(image_size, image_size, 3), alpha=alpha, include_top=False, weights=None
@@ -137,7 +141,7 @@ def _stock_unet(image_size: int, alpha: float) -> keras.Model:
 
 @pytest.mark.parametrize("encoder_trainable", [False, True])
 def test_petseg_unet_computes_what_the_stock_layers_compute(encoder_trainable):
-    from petseg.model import build_unet, set_encoder_trainable
+    from petseg.training.model import build_unet, set_encoder_trainable
 
     petseg_model = build_unet(64, alpha=0.35, encoder_weights=None)
     stock = _stock_unet(64, alpha=0.35)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from petseg.metrics import (
+from petseg.training.metrics import (
     ClassIoU,
     MeanIoU,
     PixelAccuracy,

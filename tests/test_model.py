@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from petseg import model as unet
+from petseg.training import model as unet
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +111,7 @@ def test_offline_imagenet_names_the_local_option(tmp_path):
         "http_proxy": closed,
     }
     script = (
-        "import petseg.model as unet\n"
+        "import petseg.training.model as unet\n"
         "try:\n"
         "    unet.build_unet(64, alpha=0.35, encoder_weights='imagenet')\n"
         "except unet.EncoderWeightsError as error:\n"

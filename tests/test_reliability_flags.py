@@ -16,7 +16,6 @@ import pytest
 
 import train
 from petseg import cli, demo
-from petseg.config import TrainConfig
 from petseg.flags import (
     StrictArgumentParser,
     UnknownFlagError,
@@ -25,6 +24,7 @@ from petseg.flags import (
     closest_match,
     config_values,
 )
+from petseg.training.config import TrainConfig
 from tests.conftest import REPO_ROOT
 
 SEGMENT_FLAGS = ("--input", "--model", "--output", "--min-batch-size", "--max-batch-size")

@@ -14,7 +14,7 @@ import os
 import numpy as np
 import pytest
 
-from petseg import data
+from petseg.training import data
 from tests.corpus import Mask, permissions_stop_reads, write_corpus
 from tests.images import gradient, jpeg, png
 
@@ -120,7 +120,7 @@ def _skipped(caplog) -> list[str]:
 @pytest.mark.slow
 def test_paired_reader_skips_every_bad_pair_and_finishes_the_epoch(paired, expected, caplog):
     images, masks = paired
-    caplog.set_level(logging.WARNING, logger="petseg.data.files")
+    caplog.set_level(logging.WARNING, logger="petseg.training.data.files")
     dataset, report = data.paired_dataset(str(images), str(masks), SIZE, VALUE_MAP)
     assert report.images_without_mask == () and report.masks_without_image == ()
     elements = list(dataset)
@@ -145,7 +145,7 @@ def test_paired_reader_strict_fails_fast_naming_the_count(paired, expected):
 @pytest.mark.slow
 def test_oxford_reader_skips_every_bad_pair_and_finishes_the_epoch(oxford, expected, caplog):
     root, names = oxford
-    caplog.set_level(logging.WARNING, logger="petseg.data.files")
+    caplog.set_level(logging.WARNING, logger="petseg.training.data.files")
     examples = data.oxford_examples(str(root), "trainval")
     # Broken links and FIFOs are listed too: reading them reports them.
     assert len(examples) == len(names)

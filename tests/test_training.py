@@ -10,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from petseg.classes import BORDER
-from petseg.config import ConfigError, TrainConfig, parse_class_weights
-from petseg.data import eval_batches, synthetic_dataset
-from petseg.distribute import compute_policy_name, global_batch_size, parse_gpus
+from petseg.training.config import ConfigError, TrainConfig, parse_class_weights
+from petseg.training.data import eval_batches, synthetic_dataset
+from petseg.training.distribute import compute_policy_name, global_batch_size, parse_gpus
 
 TINY = dict(
     dataset="synthetic",
@@ -83,8 +83,8 @@ def cross_entropy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 def test_class_weights_scale_each_class_contribution_to_the_loss():
     """Weighting the border by k multiplies the border pixels' share of the loss by k."""
-    from petseg.model import build_unet
-    from petseg.training import compile_model
+    from petseg.training.loop import compile_model
+    from petseg.training.model import build_unet
 
     model = build_unet(32, 3, alpha=0.35, encoder_weights=None)
     compile_model(model, TrainConfig(**TINY), 1e-3, 10)
@@ -114,7 +114,7 @@ def test_class_weights_scale_each_class_contribution_to_the_loss():
 @pytest.mark.slow
 def test_train_and_evaluate_runs_both_phases_and_exports(tmp_path):
     from petseg.serving.export import read_model_info
-    from petseg.training import train_and_evaluate
+    from petseg.training.loop import train_and_evaluate
 
     config = TrainConfig(
         **TINY, class_weights=(1.0, 1.0, 2.0), min_crop_scale=0.7, colour_jitter=0.2
@@ -165,7 +165,7 @@ def test_mixed_precision_trains_in_bfloat16_exports_float32_and_resets_the_polic
     import keras
 
     from petseg.serving.export import read_model_info
-    from petseg.training import train_and_evaluate
+    from petseg.training.loop import train_and_evaluate
 
     config = TrainConfig(
         **{**TINY, "fine_tune_epochs": 0, "steps_per_epoch": 1}, mixed_precision="on"
@@ -188,7 +188,7 @@ def test_mixed_precision_trains_in_bfloat16_exports_float32_and_resets_the_polic
 
 
 def test_mixed_precision_setting(monkeypatch):
-    from petseg import distribute
+    from petseg.training import distribute
 
     assert TrainConfig(mixed_precision=True).mixed_precision == "on"
     assert TrainConfig(mixed_precision=False).mixed_precision == "off"
@@ -208,7 +208,7 @@ def test_mixed_precision_setting(monkeypatch):
 
 
 def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
-    from petseg.distribute import cpu_has_native_bfloat16
+    from petseg.training.distribute import cpu_has_native_bfloat16
 
     with_flag = tmp_path / "with"
     with_flag.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 sha_ni\n")
@@ -223,10 +223,10 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
 def test_export_at_a_larger_size_with_flip_averaging_is_scored_as_served(tmp_path):
     from PIL import Image
 
-    from petseg.data import synthetic_example
     from petseg.evaluate import evaluate_export
     from petseg.serving.export import read_model_info
-    from petseg.training import train_and_evaluate
+    from petseg.training.data import synthetic_example
+    from petseg.training.loop import train_and_evaluate
 
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()

@@ -23,9 +23,9 @@ SCRIPT = textwrap.dedent(
         cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2
     )
 
-    from petseg.config import ConfigError, TrainConfig
-    from petseg.distribute import make_strategy
-    from petseg.training import train_and_evaluate
+    from petseg.training.config import ConfigError, TrainConfig
+    from petseg.training.distribute import make_strategy
+    from petseg.training.loop import train_and_evaluate
 
     strategy = make_strategy()
     config = TrainConfig(

@@ -6,7 +6,7 @@ An export (ARCHITECTURE.md 2-3) is a SavedModel, ``model.keras`` and
 and uint8 ``mask [N, S, S]``. This module loads it with
 ``tf.saved_model.load`` and never imports Keras: a worker that serves the
 model imports TensorFlow and Beam's filesystems, nothing of training.
-:mod:`petseg.export` writes exports.
+:mod:`petseg.training.export` writes exports.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization
+from petseg.training.layers import ConcatConv2DTranspose, FusedBatchNormalization
 
 # Batch normalizations folded when they read a convolution's output (not
 # subclasses, which may compute something else).
@@ -148,7 +148,7 @@ def fold_batch_norm(model: keras.Model) -> keras.Model:
     does, up to float rounding; do not train it.
 
     Args:
-      model: a functional Keras model, e.g. from :func:`petseg.model.build_unet`.
+      model: a functional Keras model, e.g. from :func:`petseg.training.model.build_unet`.
 
     Returns:
       The folded copy, its weights set.

@@ -9,8 +9,8 @@ import urllib.parse
 import numpy as np
 import tensorflow as tf
 
-from petseg.data.files import DataSourceError
 from petseg.imageio import decode_resized, resize_mask
+from petseg.training.data.files import DataSourceError
 
 TFDS_NAME = "oxford_iiit_pet:4.*.*"
 OFFLINE_HINT = (

@@ -1,8 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the whole training run, resumable.
 
-1. Checks the config, picks the strategy (:mod:`petseg.distribute`) and the
+1. Checks the config, picks the strategy (:mod:`petseg.training.distribute`) and the
    global batch (``batch_size`` per replica x replicas).
-2. Loads the training and evaluation splits (:mod:`petseg.data`).
+2. Loads the training and evaluation splits (:mod:`petseg.training.data`).
 3. Builds and compiles the U-Net inside the strategy's scope; trains with the
    encoder frozen, then (``fine_tune_epochs``) unfrozen with a lower learning
    rate, epoch numbers continuing. The encoder's BatchNorm stays in inference
@@ -34,7 +34,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from petseg.callbacks import (
+from petseg.classes import CLASS_NAMES, NUM_CLASSES
+from petseg.evaluate import evaluate_examples, serving_predictor
+from petseg.storage import is_remote, mirrored_folder
+from petseg.training.callbacks import (
     PredictionPanel,
     Workdir,
     best_so_far,
@@ -42,29 +45,26 @@ from petseg.callbacks import (
     tensorboard_available,
     training_callbacks,
 )
-from petseg.classes import CLASS_NAMES, NUM_CLASSES
-from petseg.config import TrainConfig
-from petseg.data import AugmentConfig, eval_batches, train_batches
-from petseg.distribute import (
+from petseg.training.config import TrainConfig
+from petseg.training.data import AugmentConfig, eval_batches, train_batches
+from petseg.training.distribute import (
     compute_policy_name,
     global_batch_size,
     make_strategy,
     precision_policy,
     uses_gpu,
 )
-from petseg.evaluate import evaluate_examples, serving_predictor
-from petseg.export import export_model, serving_function
-from petseg.folding import fold_batch_norm
-from petseg.inputs import Datasets, load_datasets
-from petseg.metrics import (
+from petseg.training.export import export_model, serving_function
+from petseg.training.folding import fold_batch_norm
+from petseg.training.inputs import Datasets, load_datasets
+from petseg.training.metrics import (
     confusion_matrix,
     format_metrics,
     metrics_from_confusion,
     segmentation_metrics,
 )
-from petseg.model import build_unet, resize_unet, set_encoder_trainable
-from petseg.plots import save_confusion_matrix, save_curves
-from petseg.storage import is_remote, mirrored_folder
+from petseg.training.model import build_unet, resize_unet, set_encoder_trainable
+from petseg.training.plots import save_confusion_matrix, save_curves
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ def train_and_evaluate(config: TrainConfig, workdir: str) -> TrainingResult:
 
     Args:
       config: the run's settings.
-      workdir: output folder (see :mod:`petseg.callbacks` for its layout), local
+      workdir: output folder (see :mod:`petseg.training.callbacks` for its layout), local
         or in a bucket; rerunning with the same config resumes an interrupted run.
 
     Returns:

@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from petseg.classes import BACKGROUND, BORDER, PET
-from petseg.data.files import LabelledFile
+from petseg.training.data.files import LabelledFile
 
 
 def synthetic_example(index: int, image_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

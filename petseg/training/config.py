@@ -18,9 +18,9 @@ from petseg.classes import DEFAULT_MASK_VALUES, NUM_CLASSES
 from petseg.flags import option
 
 DATASETS = ("oxford_iiit_pet", "synthetic")
-# MobileNetV2's width multipliers with ImageNet weights (petseg.model builds these).
+# MobileNetV2's width multipliers with ImageNet weights (petseg.training.model builds these).
 VALID_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
-# --mixed-precision settings; see petseg.distribute.compute_policy_name.
+# --mixed-precision settings; see petseg.training.distribute.compute_policy_name.
 PRECISIONS = ("auto", "on", "off")
 
 

@@ -14,8 +14,12 @@ import os
 import keras
 
 from petseg.classes import NUM_CLASSES
-from petseg.config import VALID_ALPHAS
-from petseg.layers import ConcatConv2DTranspose, FusedBatchNormalization, with_fused_batch_norm
+from petseg.training.config import VALID_ALPHAS
+from petseg.training.layers import (
+    ConcatConv2DTranspose,
+    FusedBatchNormalization,
+    with_fused_batch_norm,
+)
 
 # The tutorial's skip layers, from the highest resolution (S/2) to the lowest (S/32).
 SKIP_LAYER_NAMES: tuple[str, ...] = (
@@ -41,9 +45,9 @@ def upsample_block(
     ``inputs`` are the tensors pix2pix concatenates before the block (the
     previous block's output and a skip connection, or the encoder's last
     output alone); the transposed convolution reads them side by side
-    without copying them into one (:class:`petseg.layers.ConcatConv2DTranspose`).
+    without copying them into one (:class:`petseg.training.layers.ConcatConv2DTranspose`).
     The batch normalization is Keras' layer run by TensorFlow's fused kernel
-    (:class:`petseg.layers.FusedBatchNormalization`).
+    (:class:`petseg.training.layers.FusedBatchNormalization`).
     """
     x = ConcatConv2DTranspose(
         filters,

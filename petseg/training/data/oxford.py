@@ -7,7 +7,7 @@ import os
 
 import tensorflow as tf
 
-from petseg.data.files import DataSourceError, LabelledFile, files_dataset
+from petseg.training.data.files import DataSourceError, LabelledFile, files_dataset
 
 logger = logging.getLogger(__name__)
 

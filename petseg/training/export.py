@@ -4,7 +4,7 @@ The contract of what is written, and the loading that the job's workers
 and evaluation run, live in :mod:`petseg.serving.export`, which never
 imports Keras; this module builds the serving function from a Keras model.
 The SavedModel runs the network with its batch normalizations
-folded into their convolutions (:mod:`petseg.folding`), which makes it
+folded into their convolutions (:mod:`petseg.training.folding`), which makes it
 quicker for every worker to load; ``model.keras`` keeps the network as it
 trains.
 """
@@ -21,9 +21,9 @@ import keras
 import tensorflow as tf
 
 import petseg
-from petseg.folding import fold_batch_norm
 from petseg.serving.export import FORMAT_VERSION, KERAS_FILE, METADATA_FILE, SIGNATURE
 from petseg.storage import staged_directory
+from petseg.training.folding import fold_batch_norm
 
 
 def package_versions() -> dict[str, str]:
@@ -79,7 +79,7 @@ def serving_function(
       image_size: the signature's side S.
       flip_tta: average the probabilities of each image and of its mirror
         image (test-time augmentation; twice the compute, sharper borders).
-      folded: ``model`` is already :func:`~petseg.folding.fold_batch_norm`'s output.
+      folded: ``model`` is already :func:`~petseg.training.folding.fold_batch_norm`'s output.
     """
     network = model if folded else fold_batch_norm(model)
     return tf.function(
@@ -106,11 +106,11 @@ def export_model(
     export or the new one, never a half-written mix.
 
     Args:
-      model: a U-Net from :func:`petseg.model.build_unet`.
+      model: a U-Net from :func:`petseg.training.model.build_unet`.
       export_dir: destination folder (replaced if it exists).
       metadata: extra ``petseg.json`` fields (class names, config, metrics...).
       flip_tta: serve the average of each image's and its mirror's probabilities.
-      network: ``model`` folded already (:func:`~petseg.folding.fold_batch_norm`),
+      network: ``model`` folded already (:func:`~petseg.training.folding.fold_batch_norm`),
         when the caller has it; otherwise it is folded here.
 
     Returns:

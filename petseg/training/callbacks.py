@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from petseg.plots import save_prediction_panel
+from petseg.training.plots import save_prediction_panel
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from petseg.config import TrainConfig
-from petseg.data import (
+from petseg.training.config import TrainConfig
+from petseg.training.data import (
     TRIMAP_TO_CLASS,
     DataSourceError,
     LabelledFile,

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from petseg.data.files import DataSourceError, LabelledFile, files_dataset
 from petseg.imageio import IMAGE_EXTENSIONS
+from petseg.training.data.files import DataSourceError, LabelledFile, files_dataset
 
 logger = logging.getLogger(__name__)
 

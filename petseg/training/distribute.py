@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import keras
 import tensorflow as tf
 
-from petseg.config import ConfigError, precision_setting
+from petseg.training.config import ConfigError, precision_setting
 
 logger = logging.getLogger(__name__)
 

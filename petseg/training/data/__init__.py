@@ -5,18 +5,22 @@ mask uint8 [S, S, 1])`` with class index = Oxford trimap value - 1
 (0 pet, 1 background, 2 border).
 """
 
-from petseg.data.files import DataSourceError, LabelledFile, files_dataset
-from petseg.data.oxford import TRIMAP_TO_CLASS, oxford_dataset, oxford_examples
-from petseg.data.paired import (
+from petseg.training.data.files import DataSourceError, LabelledFile, files_dataset
+from petseg.training.data.oxford import TRIMAP_TO_CLASS, oxford_dataset, oxford_examples
+from petseg.training.data.paired import (
     PairingReport,
     checked_pairs,
     pair_folders,
     paired_dataset,
     parse_value_map,
 )
-from petseg.data.pipeline import AugmentConfig, augment_pair, eval_batches, train_batches
-from petseg.data.synthetic import synthetic_dataset, synthetic_example, write_synthetic_files
-from petseg.data.tfds_source import tfds_dataset
+from petseg.training.data.pipeline import AugmentConfig, augment_pair, eval_batches, train_batches
+from petseg.training.data.synthetic import (
+    synthetic_dataset,
+    synthetic_example,
+    write_synthetic_files,
+)
+from petseg.training.data.tfds_source import tfds_dataset
 
 __all__ = [
     "TRIMAP_TO_CLASS",
