@@ -102,23 +102,11 @@ def fine_tune_step_seconds(config: TrainConfig) -> float:
     machine they take the same cores as the model), after two steps that
     trace and warm up.
     """
-    from petseg.training.data import AugmentConfig, train_batches
     from petseg.training.inputs import load_datasets
-    from petseg.training.loop import compile_model
+    from petseg.training.loop import compile_model, training_batches
     from petseg.training.model import build_unet
 
-    data = load_datasets(config)
-    augment = AugmentConfig(config.flip, config.min_crop_scale, config.colour_jitter)
-    batches = iter(
-        train_batches(
-            data.train,
-            config.batch_size,
-            augment,
-            config.shuffle_buffer,
-            config.class_weights,
-            config.seed,
-        )
-    )
+    batches = iter(training_batches(config, load_datasets(config), config.batch_size))
     model = build_unet(
         config.image_size, alpha=config.alpha, encoder_weights=None, trainable_encoder=True
     )
@@ -138,9 +126,10 @@ def fit_to_budget(config: TrainConfig, train_examples: int, budget_s: float) -> 
     ones are cheaper), times :data:`EPOCH_OVERHEAD` for what an epoch does
     beside its steps: validation, checkpoints, the prediction panel.
     """
-    steps = config.steps_per_epoch or max(
-        1, int(train_examples * (1 - config.val_fraction)) // config.batch_size
-    )
+    from petseg.training.loop import epoch_steps
+
+    # The training split is what the validation fraction leaves of the examples.
+    steps = epoch_steps(config, int(train_examples * (1 - config.val_fraction)), config.batch_size)
     epoch_s = EPOCH_OVERHEAD * steps * fine_tune_step_seconds(config)
     fewest, most = FINE_TUNE_EPOCHS
     epochs = int(budget_s // epoch_s) - config.epochs

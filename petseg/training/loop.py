@@ -259,6 +259,19 @@ def _train_and_evaluate(
     )
 
 
+def epoch_steps(config: TrainConfig, num_train: int, batch_size: int) -> int:
+    """Training steps per epoch: ``--steps-per-epoch``, else one pass over the training split."""
+    return config.steps_per_epoch or max(1, num_train // batch_size)
+
+
+def training_batches(config: TrainConfig, data: Datasets, batch_size: int) -> tf.data.Dataset:
+    """The training split as ``config`` trains on it: augmented, shuffled, weighted, batched."""
+    augment = AugmentConfig(config.flip, config.min_crop_scale, config.colour_jitter)
+    return train_batches(
+        data.train, batch_size, augment, config.shuffle_buffer, config.class_weights, config.seed
+    )
+
+
 def _prepare(config: TrainConfig, workdir: str) -> _Run:
     """The workdir, the strategy, the data and what a resumed run already did."""
     paths = Workdir(workdir)
@@ -275,7 +288,7 @@ def _prepare(config: TrainConfig, workdir: str) -> _Run:
         batch_size // replicas,
     )
     data = load_datasets(config)
-    steps_per_epoch = config.steps_per_epoch or max(1, data.num_train // batch_size)
+    steps_per_epoch = epoch_steps(config, data.num_train, batch_size)
     logger.info(
         "data %s: %d training / %d evaluation examples; %d steps per epoch",
         data.description,
@@ -283,10 +296,7 @@ def _prepare(config: TrainConfig, workdir: str) -> _Run:
         data.num_eval,
         steps_per_epoch,
     )
-    augment = AugmentConfig(config.flip, config.min_crop_scale, config.colour_jitter)
-    train = train_batches(
-        data.train, batch_size, augment, config.shuffle_buffer, config.class_weights, config.seed
-    )
+    train = training_batches(config, data, batch_size)
     validation = eval_batches(data.eval, batch_size)
     panel = data.panel(config.plot_examples)
     if not tensorboard_available():
