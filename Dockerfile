@@ -32,4 +32,4 @@ RUN pip install -c constraints.txt "${TENSORFLOW_PACKAGE}" pillow numpy
 
 COPY . ./
 RUN pip install -c constraints.txt . \
-    && python -c "import petseg.beam.command, tensorflow"
+    && python -c "import petseg.cli.segment, tensorflow"

@@ -31,11 +31,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -rs tests
 
 demo: $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m petseg.demo --workdir runs/demo
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m petseg.cli.demo --workdir runs/demo
 
 # The exact worker install for Dataflow's --requirements_file (docs/segment.md).
 worker-requirements: $(STAMP)
-	$(BIN)/python -m petseg.worker_requirements > requirements-worker.txt
+	$(BIN)/python -m petseg.cli.worker_requirements > requirements-worker.txt
 
 # A Flink session cluster on localhost (docs/segment.md, "On Flink"): `flink`
 # fetches Beam's job server (Maven) and Flink (PyPI) into .cache/flink,

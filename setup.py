@@ -61,10 +61,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "petseg-train=petseg.train_command:main",
-            "petseg-evaluate=petseg.evaluate:main",
-            "petseg-segment=petseg.beam.command:main",
-            "petseg=petseg.cli:main",
+            "petseg-train=petseg.cli.train:main",
+            "petseg-evaluate=petseg.cli.evaluate:main",
+            "petseg-segment=petseg.cli.segment:main",
+            "petseg=petseg.cli.main:main",
         ],
     },
 )

@@ -46,35 +46,42 @@ On a Flink cluster (SDK workers from the Dockerfile's image)::
 from __future__ import annotations
 
 import sys
+from typing import Any
 
-from petseg.beam.command import (
-    EXIT_CONFIG,
-    EXIT_DONE,
-    EXIT_FAILED,
-    EXIT_TOO_MANY_FAILED_INPUTS,
-    PROG,
-    main,
-    parse_known_args,
-    run,
-    segment_images,
-)
-from petseg.beam.layout import SUMMARY_FILE
-from petseg.beam.pipeline import JobFailedError, build_pipeline
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
 
-__all__ = [
-    "EXIT_CONFIG",
-    "EXIT_DONE",
-    "EXIT_FAILED",
-    "EXIT_TOO_MANY_FAILED_INPUTS",
-    "PROG",
-    "SUMMARY_FILE",
-    "JobFailedError",
-    "build_pipeline",
-    "main",
-    "parse_known_args",
-    "run",
-    "segment_images",
-]
+from petseg.beam.job import prepare_job
+from petseg.beam.pipeline import run_job
+from petseg.cli import segment as command
+from petseg.cli.segment import parse_known_args
+
+
+def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
+    """Segments what the flags in ``argv`` say and returns the run's summary.
+
+    The job's own flags become a checked ``SegmentConfig``; every other flag is Beam's.
+    The job is checked whole (model, inputs, OUT and its run record) before the pipeline
+    is built and run. ``save_main_session`` is Beam's option: the job's DoFns live in
+    ``petseg``, so the driver's globals need not travel.
+    """
+    config, beam_args = parse_known_args(argv)
+    # The driver's own reads and writes (the checks, the run record) go through
+    # the filesystems Beam's flags configure (--s3_endpoint_url and the like).
+    FileSystems.set_options(PipelineOptions(beam_args))
+    return run_job(
+        prepare_job(config),
+        beam_args,
+        overwrite=config.overwrite,
+        progress_interval=config.progress_interval,
+        save_main_session=save_main_session,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the job and returns the command's exit status (``petseg.cli.segment.main``)."""
+    return command.main(argv, run=run)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -89,7 +89,7 @@ class Job:
     def memory(self, input_dir: str, count: int) -> dict[str, float]:
         """The job as a command in a fresh process: :func:`benchmarks.common.child_usage`
         and the images/s of its summary (from submitting the pipeline to its end)."""
-        from beam_jobs.segment import SUMMARY_FILE
+        from petseg.beam.layout import SUMMARY_FILE
         from petseg.beam.write import read_json
 
         with fresh_folder(self.workdir, "rss-") as output:

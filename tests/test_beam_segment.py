@@ -14,7 +14,9 @@ import pytest
 from PIL import Image
 
 from beam_jobs import segment as segment_job
+from petseg.beam.pipeline import build_pipeline
 from petseg.classes import CLASS_NAMES
+from petseg.cli.segment import segment_images
 from petseg.drawing import CLASS_COLOURS
 from petseg.imageio import decode_image
 from petseg.serving.export import load_serving_model
@@ -158,7 +160,7 @@ def test_counters_account_for_every_file(tree, model_dir, tmp_path):
     )
     job = prepare_job(config)
     pipeline = beam.Pipeline()
-    segment_job.build_pipeline(pipeline, job)
+    build_pipeline(pipeline, job)
     result = pipeline.run()
     result.wait_until_finish()
     counters = {
@@ -176,7 +178,7 @@ def test_counters_account_for_every_file(tree, model_dir, tmp_path):
 
 
 def test_segment_images_runs_from_python(tree, model_dir, tmp_path):
-    summary = segment_job.segment_images(
+    summary = segment_images(
         str(tree / "dogs"), str(model_dir), str(tmp_path / "out"), max_batch_size=2
     )
     assert summary["masks_written"] == 4 and summary["failed"] == 1
@@ -220,7 +222,7 @@ def test_main_fails_when_the_files_do_not_reconcile(tree, model_dir, tmp_path, c
             },
         }
 
-    monkeypatch.setattr("petseg.beam.command.run", unreconciled)
+    monkeypatch.setattr("petseg.cli.segment.run", unreconciled)
     assert segment_job.main([]) == 1
     assert "do not reconcile" in capsys.readouterr().err
 

@@ -8,12 +8,13 @@ import pytest
 from PIL import Image
 
 from petseg.classes import BACKGROUND, BORDER, PET
-from petseg.evaluate import default_output, evaluate_examples, evaluate_export, main
+from petseg.cli.evaluate import main
 from petseg.imageio import resize_mask
 from petseg.serving.upsample import probabilities_to_mask, upsample_planes
 from petseg.training.data.files import LabelledFile
 from petseg.training.data.oxford import TRIMAP_TO_CLASS
 from petseg.training.data.synthetic import synthetic_example
+from petseg.training.evaluate import default_output, evaluate_examples, evaluate_export
 
 # Original sizes differ from the model's and from each other, as real photos do.
 SIZES = ((48, 80), (96, 64), (40, 40))

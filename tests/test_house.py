@@ -26,7 +26,7 @@ TRAINING_MODULES = (
     "petseg.training.plots",
     "petseg.training.distribute",
     "petseg.report",
-    "petseg.evaluate",
+    "petseg.training.evaluate",
 )
 TRAINING_PACKAGES = ("keras", "matplotlib", "tensorflow_datasets")
 

@@ -129,21 +129,6 @@ def test_offline_imagenet_names_the_local_option(tmp_path):
     assert "--encoder-weights PATH" in message and "\n" not in message
 
 
-@pytest.mark.parametrize(
-    "kwargs,match",
-    [
-        ({"image_size": 48}, "multiple of 32"),
-        ({"image_size": 0}, "multiple of 32"),
-        ({"alpha": 0.6}, "alpha"),
-        ({"dropout": 1.0}, "dropout"),
-        ({"num_classes": 1}, "num_classes"),
-    ],
-)
-def test_bad_arguments_show_what_was_received(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        unet.build_unet(**{"image_size": 64, "encoder_weights": None, **kwargs})
-
-
 def test_keras_file_round_trip(tiny, tmp_path):
     path = tmp_path / "model.keras"
     tiny.save(path)

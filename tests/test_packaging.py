@@ -89,7 +89,7 @@ class Blocker(importlib.abc.MetaPathFinder):
             raise ImportError(f"{{name}} is not installed on a worker")
         return None
 sys.meta_path.insert(0, Blocker())
-from petseg.beam.command import main
+from petseg.cli.segment import main
 sys.exit(main({argv!r}))
 """
 
@@ -113,7 +113,7 @@ def test_the_job_runs_without_the_training_packages(model_dir, tmp_path):
 
 
 def test_the_generated_worker_requirements_pin_the_tested_closure():
-    from petseg.worker_requirements import worker_closure
+    from petseg.cli.worker_requirements import worker_closure
 
     closure = worker_closure()
     pins = _pins()
@@ -135,7 +135,7 @@ def test_the_generated_worker_requirements_pin_the_tested_closure():
 
 def test_the_worker_requirements_command_prints_a_requirements_file():
     result = subprocess.run(
-        [sys.executable, "-m", "petseg.worker_requirements"],
+        [sys.executable, "-m", "petseg.cli.worker_requirements"],
         capture_output=True,
         text=True,
         cwd=REPO,

@@ -15,8 +15,9 @@ import sys
 import pytest
 
 import train
-from petseg import cli, demo
-from petseg.flags import (
+from petseg.cli import demo
+from petseg.cli import main as cli
+from petseg.cli.flags import (
     StrictArgumentParser,
     UnknownFlagError,
     beam_option_flags,
@@ -286,7 +287,7 @@ def test_beam_option_flags_holds_every_spelling_and_is_cached():
 
 def test_flags_module_loads_neither_tensorflow_nor_beam():
     code = (
-        "import sys, petseg.flags\n"
+        "import sys, petseg.cli.flags\n"
         "loaded = {'tensorflow', 'apache_beam'} & set(sys.modules)\n"
         "assert not loaded, loaded\n"
     )

@@ -39,6 +39,16 @@ def test_config_defaults_are_the_tutorial_recipe():
 def test_config_refuses_unknown_keys_and_bad_values():
     with pytest.raises(ConfigError, match=r"unknown config key\(s\) \['epochz'\]"):
         TrainConfig.from_dict({"epochz": 3})
+    for settings, message in [
+        ({"image_size": 48}, "multiple of 32"),
+        ({"image_size": 0}, "multiple of 32"),
+        ({"alpha": 0.6}, "alpha must be one of"),
+        ({"dropout": 1.0}, "dropout must be in"),
+        ({"min_crop_scale": 0.05}, "min crop scale must be in"),
+        ({"colour_jitter": 1.5}, "colour jitter must be in"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**{**TINY, **settings})
     with pytest.raises(ConfigError, match="multiple of 32"):
         TrainConfig(image_size=100)
     with pytest.raises(ConfigError, match="3 values"):
@@ -223,9 +233,9 @@ def test_native_bfloat16_is_read_from_the_cpu_flags(tmp_path):
 def test_export_at_a_larger_size_with_flip_averaging_is_scored_as_served(tmp_path):
     from PIL import Image
 
-    from petseg.evaluate import evaluate_export
     from petseg.serving.export import read_model_info
     from petseg.training.data import synthetic_example
+    from petseg.training.evaluate import evaluate_export
     from petseg.training.loop import train_and_evaluate
 
     images, masks = tmp_path / "images", tmp_path / "masks"

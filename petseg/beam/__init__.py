@@ -2,7 +2,8 @@
 
 Everything here runs on Beam workers (or in the driver that submits them), so
 it lives in the package that ``--setup_file`` and the Dockerfile install
-there. ``beam_jobs/segment.py`` is the driver. The modules, leaves first:
+there. ``beam_jobs/segment.py`` is the driver; its flags are
+:mod:`petseg.cli.segment`. The modules, leaves first:
 
 - :mod:`petseg.beam.layout`: the name of everything the job writes to OUT (imports nothing)
 - :mod:`petseg.beam.records`: the records that travel between the steps
@@ -20,5 +21,4 @@ there. ``beam_jobs/segment.py`` is the driver. The modules, leaves first:
 - :mod:`petseg.beam.progress`: a progress line for local runs
 - :mod:`petseg.beam.job`: the job's settings, checked before anything runs
 - :mod:`petseg.beam.pipeline`: the steps as one pipeline, and running it
-- :mod:`petseg.beam.command`: the ``petseg-segment`` command and its exit statuses
 """

@@ -32,8 +32,8 @@ from petseg.beam.io import (
 )
 from petseg.beam.progress import DEFAULT_INTERVAL_S
 from petseg.beam.tables import FORMATS
-from petseg.flags import option
 from petseg.imageio import DEFAULT_MAX_PIXELS
+from petseg.settings import option
 
 if TYPE_CHECKING:
     from petseg.serving.export import ModelInfo

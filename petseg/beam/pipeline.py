@@ -4,7 +4,7 @@
 each step is a composite transform of :mod:`petseg.beam`); ``run_job`` claims
 OUT for the run, runs the pipeline on the runner its options name, and
 returns the summary it wrote. Commands and drivers build the
-:class:`~petseg.beam.job.SegmentJob` first (:mod:`petseg.beam.command`).
+:class:`~petseg.beam.job.SegmentJob` first (:mod:`petseg.cli.segment`).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from petseg.classes import DEFAULT_MASK_VALUES, NUM_CLASSES
-from petseg.flags import option
+from petseg.settings import option
 
 DATASETS = ("oxford_iiit_pet", "synthetic")
 # MobileNetV2's width multipliers with ImageNet weights (petseg.training.model builds these).

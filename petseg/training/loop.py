@@ -35,7 +35,6 @@ import numpy as np
 import tensorflow as tf
 
 from petseg.classes import CLASS_NAMES, NUM_CLASSES
-from petseg.evaluate import evaluate_examples, serving_predictor
 from petseg.storage import is_remote, mirrored_folder
 from petseg.training.callbacks import (
     PredictionPanel,
@@ -54,6 +53,7 @@ from petseg.training.distribute import (
     precision_policy,
     uses_gpu,
 )
+from petseg.training.evaluate import evaluate_examples, serving_predictor
 from petseg.training.export import export_model, serving_function
 from petseg.training.folding import fold_batch_norm
 from petseg.training.inputs import Datasets, load_datasets

@@ -14,7 +14,6 @@ import os
 import keras
 
 from petseg.classes import NUM_CLASSES
-from petseg.training.config import VALID_ALPHAS
 from petseg.training.layers import (
     ConcatConv2DTranspose,
     FusedBatchNormalization,
@@ -135,18 +134,11 @@ def build_unet(
       dropout: dropout rate in each decoder block (0 disables).
       name: the model's name.
 
+    The arguments' ranges are :class:`~petseg.training.config.TrainConfig`'s to check.
+
     Raises:
-      ValueError: an argument is out of range.
       EncoderWeightsError: the encoder's weights cannot be had.
     """
-    if image_size < 32 or image_size % 32:
-        raise ValueError(f"image_size must be a multiple of 32 and at least 32, got {image_size}")
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-    if alpha not in VALID_ALPHAS:
-        raise ValueError(f"alpha must be one of {VALID_ALPHAS}, got {alpha}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
 
     encoder = build_encoder(image_size, alpha, encoder_weights)
     encoder.trainable = trainable_encoder

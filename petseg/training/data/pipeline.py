@@ -28,12 +28,6 @@ class AugmentConfig:
     min_crop_scale: float = 1.0
     colour_jitter: float = 0.0
 
-    def __post_init__(self):
-        if not 0.1 <= self.min_crop_scale <= 1.0:
-            raise ValueError(f"min_crop_scale must be in [0.1, 1], got {self.min_crop_scale}")
-        if not 0.0 <= self.colour_jitter <= 1.0:
-            raise ValueError(f"colour_jitter must be in [0, 1], got {self.colour_jitter}")
-
 
 def augment_pair(image: tf.Tensor, mask: tf.Tensor, config: AugmentConfig):
     """Applies the same geometric change to image and mask, colour changes to the image.

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from petseg.flags import StrictArgumentParser
+from petseg.cli.flags import StrictArgumentParser
 from petseg.training.config import TrainConfig
 from petseg.training.data import oxford_examples, write_synthetic_files
 
@@ -175,9 +175,9 @@ def write_holdout(plan_: DemoPlan, folder: str, count: int) -> str:
 
 def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dict:
     """Runs the whole demo into ``workdir`` and returns its headline figures."""
-    from petseg.beam.command import run as run_segmentation
-    from petseg.evaluate import evaluate_export
+    from petseg.cli.segment import run as run_segmentation
     from petseg.report import build_report
+    from petseg.training.evaluate import evaluate_export
     from petseg.training.loop import train_and_evaluate
 
     started = time.monotonic()

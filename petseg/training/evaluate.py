@@ -17,11 +17,8 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,14 +27,13 @@ import numpy as np
 import tensorflow as tf
 
 from petseg.classes import CLASS_NAMES, DEFAULT_MASK_VALUES
-from petseg.flags import StrictArgumentParser
 from petseg.imageio import ImageDecodeError
-from petseg.serving.export import ExportError, load_serving_model
+from petseg.serving.export import load_serving_model
 from petseg.serving.upsample import probabilities_to_mask
 from petseg.training.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
 from petseg.training.data.oxford import TRIMAP_TO_CLASS, oxford_examples
 from petseg.training.data.paired import pair_folders, parse_value_map
-from petseg.training.metrics import confusion_matrix, format_metrics, metrics_from_confusion
+from petseg.training.metrics import confusion_matrix, metrics_from_confusion
 
 logger = logging.getLogger(__name__)
 
@@ -174,55 +170,3 @@ def evaluate_export(
         "resolution": "original",
         "seconds": round(time.perf_counter() - started, 1),
     }
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    """The ``evaluate`` command's flags."""
-    parser = StrictArgumentParser(
-        prog=prog,
-        description="Score an exported model at the original resolution of labelled images: "
-        "pixel accuracy, IoU per class, mean IoU.",
-    )
-    parser.add_argument("--model", required=True, help="export folder written by train.py")
-    parser.add_argument("--data-dir", help="Oxford-IIIT Pet layout folder (images/, annotations/)")
-    parser.add_argument(
-        "--split", default="test", choices=("test", "trainval", "all"), help="Oxford split list"
-    )
-    parser.add_argument("--images-dir", help="instead of --data-dir: folder of images")
-    parser.add_argument("--masks-dir", help="masks matching --images-dir by file stem")
-    parser.add_argument(
-        "--mask-values",
-        default=DEFAULT_MASK_VALUES,
-        help="stored mask value -> class index for --masks-dir (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--output", help="JSON report path (default: eval_<split>.json beside the export folder)"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Console entry point (``petseg-evaluate``, ``train.py evaluate``)."""
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        report = evaluate_export(
-            args.model, args.data_dir, args.split, args.images_dir, args.masks_dir, args.mask_values
-        )
-    except (ExportError, DataSourceError) as error:
-        parser.error(str(error))
-    output = args.output or default_output(args.model, report["split"])
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    with open(output, "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-    print(
-        f"{report['model_id']} on {report['split']} ({report['images']} images, original "
-        f"resolution): {format_metrics(report)}"
-    )
-    print(f"report: {output}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from petseg.flags import StrictArgumentParser, unknown_message
+from petseg.cli.flags import StrictArgumentParser, unknown_message
 
 PROG = "petseg"
 COMMANDS = ("report", "segment", "train", "evaluate")
@@ -63,14 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     if command == "report":
         return _report(rest)
     if command == "segment":
-        from petseg.beam.command import main as segment_main
+        from petseg.cli.segment import main as segment_main
 
         return segment_main(rest)
     if command == "evaluate":
-        from petseg.evaluate import main as evaluate_main
+        from petseg.cli.evaluate import main as evaluate_main
 
         return evaluate_main(rest, prog=f"{PROG} evaluate")
-    from petseg.train_command import main as train_main
+    from petseg.cli.train import main as train_main
 
     return train_main(rest, prog=f"{PROG} train")
 

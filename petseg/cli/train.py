@@ -7,9 +7,10 @@ loaded only once the flags are good, so ``--help`` and a typo answer at once.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from petseg.flags import (
+from petseg.cli.flags import (
     StrictArgumentParser,
     UnknownFlagError,
     add_config_flags,
@@ -20,6 +21,9 @@ from petseg.flags import (
     unknown_message,
 )
 from petseg.training.config import ConfigError, TrainConfig
+
+if TYPE_CHECKING:
+    from petseg.training.loop import TrainingResult
 
 PROG = "train.py"
 
@@ -43,17 +47,13 @@ def build_parser(prog: str = PROG) -> StrictArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
-    """``train.py`` and ``petseg train``: trains and exports; ``... evaluate`` scores an export.
+def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> tuple[TrainConfig, str]:
+    """The training settings and the workdir from ``argv``; a bucket workdir's filesystem
+    flags are set for Beam's filesystems.
 
-    Returns:
-      The exit status: 0 exported, 2 a bad flag, configuration or data.
+    A bad flag or value exits with status 2 and one line (argparse's ``error``).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["evaluate"]:
-        from petseg.evaluate import main as evaluate_main
-
-        return evaluate_main(argv[1:], prog=f"{prog} evaluate")
     parser = build_parser(prog)
     if argv and not argv[0].startswith("-"):
         # Training takes no positional argument: a leading word is a mistyped command.
@@ -74,21 +74,54 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         from apache_beam.options.pipeline_options import PipelineOptions
 
         FileSystems.set_options(PipelineOptions(storage_args))
+    return config, args.workdir
 
-    import logging
 
+def run(argv: Sequence[str] | None = None, prog: str = PROG) -> TrainingResult:
+    """Trains, evaluates and exports as ``argv`` says; returns what was exported."""
+    from petseg.training.loop import train_and_evaluate
+
+    config, workdir = parse_args(argv, prog)
+    return train_and_evaluate(config, workdir)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors that are the user's to fix, imported only once one was raised (they
+    live beside TensorFlow, which a bad flag must not wait for)."""
     from petseg.serving.export import ExportError
     from petseg.training.data import DataSourceError
-    from petseg.training.loop import train_and_evaluate
     from petseg.training.model import EncoderWeightsError
+
+    return ConfigError, DataSourceError, EncoderWeightsError, ExportError
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    prog: str = PROG,
+    run: Callable[[Sequence[str], str], TrainingResult] = run,
+) -> int:
+    """``train.py`` and ``petseg train``: ``run`` trains and exports; ``... evaluate`` scores
+    an export.
+
+    Returns:
+      The exit status: 0 exported, 2 a bad flag, configuration or data.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["evaluate"]:
+        from petseg.cli.evaluate import main as evaluate_main
+
+        return evaluate_main(argv[1:], prog=f"{prog} evaluate")
+    import logging
 
     # force: importing Beam (for a bucket workdir) may already have configured the root logger.
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", force=True
     )
     try:
-        result = train_and_evaluate(config, args.workdir)
-    except (ConfigError, DataSourceError, EncoderWeightsError, ExportError) as error:
+        result = run(argv, prog)
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         # A user mistake: one line, no traceback, argparse's exit status.
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

@@ -1,7 +1,8 @@
 """The ``petseg-segment`` command: flags -> :class:`SegmentConfig` -> the job -> an exit status.
 
 ``beam_jobs/segment.py`` (the driver, with the commands for every runner)
-and ``petseg segment`` both run :func:`main`. The job's own flags come from
+and ``petseg segment`` both end in :func:`main`, which turns how the job ended into
+one line and an exit status. The job's own flags come from
 :class:`~petseg.beam.job.SegmentConfig`; every other flag goes to Beam, once
 checked to be one of Beam's (Beam silently drops flags it does not know).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
@@ -20,7 +22,7 @@ from petseg.beam.io import join_path
 from petseg.beam.job import DEFAULT_BATCH_SIZE, SegmentConfig, SegmentConfigError, prepare_job
 from petseg.beam.layout import ERRORS_DIR
 from petseg.beam.pipeline import JobFailedError, run_job
-from petseg.flags import (
+from petseg.cli.flags import (
     StrictArgumentParser,
     UnknownFlagError,
     add_config_flags,
@@ -156,8 +158,11 @@ def _failed_fraction_line(summary: dict[str, Any], allowed: float, output: str) 
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``petseg-segment`` console script.
+def main(
+    argv: list[str] | None = None,
+    run: Callable[[list[str]], dict[str, Any]] = run,
+) -> int:
+    """The ``petseg-segment`` console script: ``run`` runs the job, this reports how it ended.
 
     Exit statuses: 0 done; 1 the job failed (a fault of the environment that
     persisted, which a rerun of the same command resumes after) or its counts

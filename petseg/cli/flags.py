@@ -291,45 +291,7 @@ def check_beam_args(
 
 
 # ---- Flags built from a frozen config dataclass: each field's default, type and
-# help live once, on the field (see petseg.training.config.TrainConfig).
-
-
-def option(
-    default: Any,
-    help: str,  # noqa: A002 - argparse's own name for it
-    *,
-    group: str | None = None,
-    aliases: Sequence[str] = (),
-    choices: Sequence[Any] | None = None,
-    metavar: str | None = None,
-    parse: Callable[[str], Any] | None = None,
-    required: bool = False,
-    const: Any = None,
-) -> Any:
-    """A config field that is also a flag, ``--field-name`` (see :func:`add_config_flags`).
-
-    Args:
-      default: the field's default (``None`` for an optional setting).
-      help: the flag's help, which is also the field's documentation.
-      group: the help section the flag is listed under.
-      aliases: more spellings of the flag (``--color-jitter``).
-      choices: the values allowed.
-      metavar: how the value is shown in the help.
-      parse: turns the flag's text into the field's value (``"1,1,2"`` -> a tuple).
-      required: the flag must be given (the field still needs a default for dataclasses).
-      const: the value of the flag given alone, without a value.
-    """
-    metadata = {
-        "help": help,
-        "group": group,
-        "aliases": tuple(aliases),
-        "choices": tuple(choices) if choices is not None else None,
-        "metavar": metavar,
-        "parse": parse,
-        "required": required,
-        "const": const,
-    }
-    return dataclasses.field(default=default, metadata=metadata)
+# help live once, on the field (petseg.settings.option).
 
 
 def flag_name(field_name: str) -> str:
