@@ -222,7 +222,7 @@ def test_main_fails_when_the_files_do_not_reconcile(tree, model_dir, tmp_path, c
             },
         }
 
-    monkeypatch.setattr("petseg.cli.segment.run", unreconciled)
+    monkeypatch.setattr(segment_job, "run", unreconciled)
     assert segment_job.main([]) == 1
     assert "do not reconcile" in capsys.readouterr().err
 

@@ -22,7 +22,7 @@ from petseg.beam.inference import InferProbabilities
 from petseg.beam.layout import TEMP_MARKER
 from petseg.beam.masks import PostprocessMasks, segment
 from petseg.beam.records import ImageKey, Segmentation, SourceImage
-from petseg.beam.shards import RUNS_DIR, WriteTable, remove_runs, shard_name
+from petseg.beam.shards import SPILLS_DIR, WriteTable, remove_spills, shard_name
 from petseg.beam.write import (
     PNG_COMPRESS_LEVEL,
     MaskProvenance,
@@ -353,18 +353,18 @@ def test_write_table_merges_many_runs_into_the_bytes_of_one(tmp_path, monkeypatc
     keys = [f"/in/{index % 97:03d}\t{chr(0x4E00 + index)}\n.jpg" for index in range(300)]
     rows = [(key, json.dumps({"path": key, "row": index})) for index, key in enumerate(keys)]
 
-    def write(directory, parts, run_chars):
+    def write(directory, parts, spill_chars):
         with test_pipeline.TestPipeline() as pipeline:
             created = tuple(
                 pipeline | f"Create{index}" >> beam.Create(part, reshuffle=False)
                 for index, part in enumerate(parts)
             )
-            _ = created | WriteTable(str(directory), "stats", num_shards=2, run_chars=run_chars)
+            _ = created | WriteTable(str(directory), "stats", num_shards=2, spill_chars=spill_chars)
 
-    write(tmp_path / "one", [rows], run_chars=10**9)
-    # Runs of about four rows each, from two collections, merged three at a time.
+    write(tmp_path / "one", [rows], spill_chars=10**9)
+    # Spills of about four rows each, from two collections, merged three at a time.
     monkeypatch.setattr("petseg.beam.shards.MERGE_FAN_IN", 3)
-    write(tmp_path / "many", [rows[::2], rows[1::2]], run_chars=200)
+    write(tmp_path / "many", [rows[::2], rows[1::2]], spill_chars=200)
 
     one = _shards(tmp_path / "one", 2)
     assert _shards(tmp_path / "many", 2) == one
@@ -373,10 +373,10 @@ def test_write_table_merges_many_runs_into_the_bytes_of_one(tmp_path, monkeypatc
     for shard in one:
         entries = [(json.loads(line)["path"], line) for line in shard.decode().splitlines()]
         assert entries == sorted(entries)
-    # The runs wait, as hidden temporaries, until the driver removes their folder.
-    runs = list((tmp_path / "many" / RUNS_DIR).iterdir())
-    assert len(runs) > 10 and all(TEMP_MARKER in run.name for run in runs)
-    remove_runs(str(tmp_path / "many"))
+    # The spills wait, as hidden temporaries, until the driver removes their folder.
+    spills = list((tmp_path / "many" / SPILLS_DIR).iterdir())
+    assert len(spills) > 10 and all(TEMP_MARKER in spill.name for spill in spills)
+    remove_spills(str(tmp_path / "many"))
     assert sorted(p.name for p in (tmp_path / "many").iterdir()) == [
         "stats-00000-of-00002.jsonl",
         "stats-00001-of-00002.jsonl",

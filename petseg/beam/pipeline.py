@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import (
@@ -36,7 +36,7 @@ from petseg.beam.resume import ListOutputs, PruneOutputs, ReuseMasks
 from petseg.beam.runrecord import claim_output, remove_leftovers
 from petseg.beam.shards import WriteTable
 from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
-from petseg.beam.tables import TableFormat, errors_format, stats_format
+from petseg.beam.tables import errors_format, stats_format
 from petseg.beam.threaded import available_cores
 from petseg.beam.write import WriteMasks, read_json, write_json, write_summary
 
@@ -56,29 +56,25 @@ class JobFailedError(RuntimeError):
 def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     """Adds the segmentation job's steps to ``pipeline``: resume, segment, write, summarize."""
     sources = pipeline | "MatchImages" >> MatchImages(job.inputs, job.extensions)
-    to_segment, path_errors, reused_records, pruned = _resume(pipeline, sources, job)
-    written, segment_errors = _segment(to_segment, job)
-    new_records = written | "ComputeImageStats" >> beam.ParDo(
-        ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, _in_flight(job))
-    )
+    resumed = sources | "Resume" >> Resume(job)
+    segmented = resumed.to_segment | "Segment" >> Segment(job)
     errors = (
-        (path_errors, *segment_errors)
+        (resumed.path_errors, *segmented.errors)
         | "FlattenErrors" >> beam.Flatten()
         | "CountErrors" >> beam.ParDo(CountErrorsFn())
     )
     # Records go on from the steps that make them, unflattened: a Flatten of
     # several steps' outputs is a step of its own, which the DirectRunner
     # would feed from its memory, every record at once.
-    records = (new_records, reused_records)
-    stats_table = stats_format(job.stats_format, job.model.class_names)
-    _write_table(records, stats_line, STATS_DIR, stats_table, job)
-    _write_table((errors,), error_line, ERRORS_DIR, errors_format(job.stats_format), job)
-    summary_path = join_path(job.output, SUMMARY_FILE)
+    records = (segmented.records, resumed.reused_records)
+    _ = (records, errors) | "WriteTables" >> WriteTables(job)
     _ = (
-        (sources, new_records, errors, reused_records, pruned)
-        | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
-        | "WriteSummary" >> beam.Map(write_summary, summary_path)
-    )
+        sources,
+        segmented.records,
+        errors,
+        resumed.reused_records,
+        resumed.pruned,
+    ) | "Summarize" >> Summarize(job)
 
 
 def _in_flight(job: SegmentJob) -> int:
@@ -87,33 +83,90 @@ def _in_flight(job: SegmentJob) -> int:
     return 2 * job.max_batch_size
 
 
-def _resume(pipeline: beam.Pipeline, sources, job: SegmentJob):
-    """Sorts the matched sources against what OUT holds: ``(sources to segment, path
-    errors, statistics records of reused masks, pruned masks)``."""
-    committed_outputs = pipeline | "ListOutputs" >> ListOutputs(job.output)
-    new_sources, path_errors, committed, stale = (
-        sources,
-        committed_outputs,
-    ) | "AssignMaskPaths" >> AssignMaskPaths()
-    pruned = stale | "PruneOutputs" >> PruneOutputs()
-    reused_records, changed_sources = committed | "ReuseMasks" >> ReuseMasks(
-        job.output,
-        job.model.class_names,
-        job.model.model_id,
-        job.max_batch_size,
-        threads=job.threads,
-        max_in_flight=_in_flight(job),
-    )
-    # No reshuffle: the grouping by mask path has spread the images over
-    # the workers already, one key each.
-    to_segment = (new_sources, changed_sources) | "FlattenSourcesToSegment" >> beam.Flatten()
-    return to_segment, path_errors, reused_records, pruned
+class Resumed(NamedTuple):
+    """What :class:`Resume` sorts the matched sources into."""
+
+    to_segment: beam.PCollection  # sources without a committed mask, or whose image changed
+    path_errors: beam.PCollection  # sources refused for their mask path (a collision)
+    reused_records: beam.PCollection  # statistics records of the masks reused
+    pruned: beam.PCollection  # stale masks removed
 
 
-def _segment(sources, job: SegmentJob):
-    """Decode, infer, postprocess and write each source's mask: ``(written
-    segmentations, (decode, postprocess and write errors))``."""
-    handler = SavedModelHandler(
+class Resume(beam.PTransform):
+    """Sorts the matched sources against what OUT holds (:mod:`petseg.beam.resume`)."""
+
+    def __init__(self, job: SegmentJob):
+        super().__init__()
+        self._job = job
+
+    def expand(self, sources):
+        job = self._job
+        committed_outputs = sources.pipeline | "ListOutputs" >> ListOutputs(job.output)
+        new_sources, path_errors, committed, stale = (
+            sources,
+            committed_outputs,
+        ) | "AssignMaskPaths" >> AssignMaskPaths()
+        pruned = stale | "PruneOutputs" >> PruneOutputs()
+        reused_records, changed_sources = committed | "ReuseMasks" >> ReuseMasks(
+            job.output,
+            job.model.class_names,
+            job.model.model_id,
+            job.max_batch_size,
+            threads=job.threads,
+            max_in_flight=_in_flight(job),
+        )
+        # No reshuffle: the grouping by mask path has spread the images over
+        # the workers already, one key each.
+        to_segment = (new_sources, changed_sources) | "FlattenSourcesToSegment" >> beam.Flatten()
+        return Resumed(to_segment, path_errors, reused_records, pruned)
+
+
+class Segmented(NamedTuple):
+    """What :class:`Segment` makes of the sources."""
+
+    records: beam.PCollection  # the statistics record of each mask written
+    errors: tuple[beam.PCollection, ...]  # decode, postprocess and write errors
+
+
+class Segment(beam.PTransform):
+    """Decodes, infers, postprocesses and writes each source's mask, and computes its
+    statistics record."""
+
+    def __init__(self, job: SegmentJob):
+        super().__init__()
+        self._job = job
+
+    def expand(self, sources):
+        job = self._job
+        in_flight = _in_flight(job)
+        model_inputs, decode_errors = sources | "DecodeImages" >> DecodeImages(
+            job.model.image_size,
+            job.max_pixels,
+            job.max_file_bytes,
+            keep_original=job.overlays,
+            threads=job.threads,
+            max_in_flight=in_flight,
+        )
+        predictions = model_inputs | "RunInference" >> InferProbabilities(_model_handler(job))
+        segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks(
+            job.threads, in_flight
+        )
+        written, write_errors = segmentations | "WriteMasks" >> WriteMasks(
+            job.output,
+            model_id=job.model.model_id,
+            batch_size=job.max_batch_size,
+            overlays=job.overlays,
+            threads=job.threads,
+            max_in_flight=in_flight,
+        )
+        records = written | "ComputeImageStats" >> beam.ParDo(
+            ComputeImageStatsFn(job.model.class_names, job.model.model_id, job.threads, in_flight)
+        )
+        return Segmented(records, (decode_errors, postprocess_errors, write_errors))
+
+
+def _model_handler(job: SegmentJob) -> SavedModelHandler:
+    return SavedModelHandler(
         job.model.export_dir,
         min_batch_size=job.min_batch_size,
         max_batch_size=job.max_batch_size,
@@ -121,36 +174,46 @@ def _segment(sources, job: SegmentJob):
         model_copies=job.model_copies,
         accelerator=job.accelerator,
     )
-    in_flight = _in_flight(job)
-    model_inputs, decode_errors = sources | "DecodeImages" >> DecodeImages(
-        job.model.image_size,
-        job.max_pixels,
-        job.max_file_bytes,
-        keep_original=job.overlays,
-        threads=job.threads,
-        max_in_flight=in_flight,
-    )
-    predictions = model_inputs | "RunInference" >> InferProbabilities(handler)
-    segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks(
-        job.threads, in_flight
-    )
-    written, write_errors = segmentations | "WriteMasks" >> WriteMasks(
-        job.output,
-        model_id=job.model.model_id,
-        batch_size=job.max_batch_size,
-        overlays=job.overlays,
-        threads=job.threads,
-        max_in_flight=in_flight,
-    )
-    return written, (decode_errors, postprocess_errors, write_errors)
 
 
-def _write_table(parts, line, folder: str, table_format: TableFormat, job: SegmentJob) -> None:
-    """Writes ``line`` of each element of ``parts`` as
-    ``OUT/<folder>/<folder>-NNNNN-of-NNNNN.<suffix>`` shards."""
-    _ = parts | f"Write{folder.capitalize()}" >> WriteTable(
-        join_path(job.output, folder), folder, job.num_shards, table_format, row=line
-    )
+class WriteTables(beam.PTransform):
+    """Writes the statistics records and the error records as sorted table shards,
+    ``OUT/stats/`` and ``OUT/errors/`` (:mod:`petseg.beam.shards`)."""
+
+    def __init__(self, job: SegmentJob):
+        super().__init__()
+        self._job = job
+
+    def expand(self, records_and_errors):
+        records, errors = records_and_errors
+        job = self._job
+        stats_table = stats_format(job.stats_format, job.model.class_names)
+        tables = (
+            (records, stats_line, STATS_DIR, stats_table),
+            ((errors,), error_line, ERRORS_DIR, errors_format(job.stats_format)),
+        )
+        for parts, line, folder, table_format in tables:
+            _ = parts | f"Write{folder.capitalize()}" >> WriteTable(
+                join_path(job.output, folder), folder, job.num_shards, table_format, row=line
+            )
+        return beam.pvalue.PDone(records[0].pipeline)
+
+
+class Summarize(beam.PTransform):
+    """Counts every input into the run's summary and writes ``OUT/summary.json``."""
+
+    def __init__(self, job: SegmentJob):
+        super().__init__()
+        self._job = job
+
+    def expand(self, counted):
+        job = self._job
+        summary_path = join_path(job.output, SUMMARY_FILE)
+        return (
+            counted
+            | "SummarizeRun" >> SummarizeRun(job.model.class_names, job.model.model_id)
+            | "WriteSummary" >> beam.Map(write_summary, summary_path)
+        )
 
 
 def _run_pipeline(pipeline: beam.Pipeline) -> None:

@@ -36,7 +36,7 @@ from petseg.beam.layout import (
     STATS_DIR,
     SUMMARY_FILE,
 )
-from petseg.beam.shards import remove_runs, shard_name
+from petseg.beam.shards import remove_spills, shard_name
 from petseg.beam.write import delete_if_present, read_json, write_json
 from petseg.storage import is_present, is_remote
 
@@ -172,7 +172,7 @@ def remove_leftovers(job: SegmentJob, pruned: bool) -> None:
     """
     for folder, prefix in ((STATS_DIR, "stats"), (ERRORS_DIR, "errors")):
         directory = join_path(job.output, folder)
-        remove_runs(directory)
+        remove_spills(directory)
         keep = {
             shard_name(directory, prefix, i, job.num_shards, job.stats_format)
             for i in range(job.num_shards)
