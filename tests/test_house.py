@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+from tests.conftest import REPO_ROOT as REPO
+
 PACKAGE = REPO / "petseg"
-# What only training, evaluation's front end and the report use: a worker never needs it.
+# What only training, evaluation, the command line and the report use: a worker never needs it.
 TRAINING_MODULES = (
     "petseg.training.export",
     "petseg.training.model",
@@ -27,6 +28,10 @@ TRAINING_MODULES = (
     "petseg.training.distribute",
     "petseg.report",
     "petseg.training.evaluate",
+    "petseg.cli.flags",
+    "petseg.cli.segment",
+    "petseg.cli.train",
+    "petseg.cli.main",
 )
 TRAINING_PACKAGES = ("keras", "matplotlib", "tensorflow_datasets")
 
@@ -185,10 +190,37 @@ def test_no_function_in_petseg_is_over_sixty_lines():
     assert long == []
 
 
-def test_the_job_package_names_each_of_its_modules():
-    import petseg.beam
+SUB_PACKAGES = ("beam", "cli", "serving", "training")
 
-    modules = {path.stem for path in (PACKAGE / "beam").glob("*.py") if path.stem != "__init__"}
-    assert {
-        name for name in modules if f":mod:`petseg.beam.{name}`" not in petseg.beam.__doc__
-    } == set()
+
+@pytest.mark.parametrize("package", SUB_PACKAGES)
+def test_each_sub_package_names_each_of_its_modules(package):
+    import importlib
+
+    document = importlib.import_module(f"petseg.{package}").__doc__
+    modules = {path.stem for path in (PACKAGE / package).glob("*.py") if path.stem != "__init__"}
+    modules |= {path.parent.name for path in (PACKAGE / package).glob("*/__init__.py")}
+    unnamed = {
+        name
+        for name in modules
+        if f"petseg.{package}.{name}`" not in document and f"``{name}``" not in document
+    }
+    assert unnamed == set()
+
+
+def test_only_the_command_line_imports_the_command_line():
+    graph = import_graph()
+    importers = {
+        module
+        for module, targets in graph.items()
+        if not module.startswith("petseg.cli") and any(t.startswith("petseg.cli") for t in targets)
+    }
+    assert importers == set()
+    assert "petseg.cli.flags" in graph["petseg.cli.segment"]
+
+
+def test_the_tests_mirror_the_package():
+    folders = {path.name for path in (REPO / "tests").iterdir() if (path / "__init__.py").exists()}
+    assert folders == set(SUB_PACKAGES)
+    for package in SUB_PACKAGES:
+        assert list((REPO / "tests" / package).glob("test_*.py")), package

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from petseg import cli
+from petseg.cli import main as cli
 from petseg.report import build_report
 from tests import beam_helpers
 

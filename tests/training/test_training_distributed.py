@@ -13,6 +13,8 @@ import textwrap
 
 import pytest
 
+from tests.conftest import REPO_ROOT
+
 SCRIPT = textwrap.dedent(
     """
     import json, math, sys
@@ -65,7 +67,7 @@ def test_two_replica_mirrored_training_on_logical_cpus(tmp_path):
         text=True,
         timeout=280,
         env=environment,
-        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        cwd=str(REPO_ROOT),
     )
     lines = [line for line in process.stdout.splitlines() if line.startswith("RESULT ")]
     assert process.returncode == 0 and lines, process.stderr[-3000:]

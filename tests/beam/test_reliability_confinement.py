@@ -20,8 +20,8 @@ from petseg.beam.io import (
     mask_relative_path,
     overlay_relative_path,
 )
+from tests.conftest import REPO_ROOT as REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 OUTPUT = "/data/out"
 PATH_EXAMPLES = 3000
 # Pieces a hostile name is made of: climbs, roots, schemes, encodings, separators.

@@ -30,8 +30,8 @@ from petseg.beam.masks import PostprocessMasks
 from petseg.beam.records import STAGES, SourceImage
 from petseg.beam.write import WriteMasks
 from petseg.imageio import ImageDecodeError, decode_image, decode_mask
+from tests.beam.test_transforms import BrightnessHandler
 from tests.images import animated_gif, encode, gradient, jpeg, png, png16
-from tests.test_beam_transforms import BrightnessHandler
 
 RANDOM_EXAMPLES = 2000
 MUTATED_EXAMPLES = 4000

@@ -13,8 +13,8 @@ import pytest
 from packaging.requirements import Requirement
 
 from tests.beam_helpers import job_argv, write_image_tree
+from tests.conftest import REPO_ROOT as REPO
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 # Packages only training, evaluation and the report import (the "train" extra).
 TRAINING_ONLY = ("tensorflow_datasets", "matplotlib", "tqdm", "tensorboard", "importlib_resources")
 

@@ -30,9 +30,9 @@ from tests.beam_helpers import (
     snapshot,
     write_image_tree,
 )
+from tests.conftest import REPO_ROOT as REPO
 
 BATCH = 4
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

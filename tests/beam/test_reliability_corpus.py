@@ -27,6 +27,7 @@ from PIL import Image
 from petseg.beam.layout import TEMP_MARKER
 from petseg.serving.export import load_serving_model
 from tests.beam_helpers import expected_mask, job_argv
+from tests.conftest import REPO_ROOT as REPO
 from tests.corpus import (
     NOT_FOLLOWED,
     UNREADABLE_AS_ROOT,
@@ -36,7 +37,6 @@ from tests.corpus import (
     write_corpus,
 )
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 BATCH = 4
 OUTCOMES = expected_outcomes()
 GOOD = sorted(name for name, fate in OUTCOMES.items() if isinstance(fate, Mask))

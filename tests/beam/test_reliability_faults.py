@@ -22,9 +22,9 @@ from beam_jobs import segment as segment_job
 from petseg.beam.faults import engine_failure_message
 from petseg.beam.layout import TEMP_MARKER
 from tests.beam_helpers import job_argv
+from tests.conftest import REPO_ROOT as REPO
 from tests.images import gradient, jpeg
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGES = 40
 # Room left on the full disk: the run record and a few masks (tmpfs gives each file a page).
 ROOM_BYTES = 24 * 1024

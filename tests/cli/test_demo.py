@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from petseg import demo
+from petseg.cli import demo
 
 
 def test_plan_uses_real_photos_only_when_both_shared_files_exist(

@@ -26,9 +26,9 @@ from PIL import Image
 from beam_jobs import segment as segment_job
 from petseg.beam.layout import TEMP_MARKER
 from tests.beam_helpers import job_argv, snapshot
+from tests.conftest import REPO_ROOT as REPO
 from tests.images import gradient, jpeg
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
 IMAGES = 240
 BAD_FILES = {"bad/empty.jpg": b"", "bad/text.png": b"not an image\n"}
 BATCH = 4

@@ -21,7 +21,7 @@ import pytest
 
 from beam_jobs import segment as segment_job
 from beam_jobs.flink import cluster as flink_cluster
-from petseg.beam import command
+from petseg.cli import segment as command
 from tests.beam_helpers import (
     BAD_IMAGES,
     COLLISION_LOSERS,
@@ -30,11 +30,12 @@ from tests.beam_helpers import (
     snapshot,
     write_image_tree,
 )
+from tests.conftest import REPO_ROOT as REPO
 from tests.images import jpeg
 
 pytestmark = pytest.mark.slow
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+
 TIMING_FIELDS = ("wall_time_s", "images_per_second")
 # The fault test's corpus: small photos, a few broken files among them.
 MANY_IMAGES = 2000

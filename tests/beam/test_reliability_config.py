@@ -1,4 +1,4 @@
-"""Bad configuration beyond tests/test_beam_segment.py: one line, exit 2, nothing run.
+"""Bad configuration beyond tests/beam/test_segment.py: one line, exit 2, nothing run.
 
 Here: a model whose SavedModel disagrees with its petseg.json (class count,
 image size), malformed or too new metadata, non-integer and out-of-range
