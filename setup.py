@@ -43,9 +43,17 @@ setup(
             "matplotlib>=3.8,<4",
             # Progress bars for work outside Keras and Beam.
             "tqdm>=4.66,<5",
+            # Writing an export's ONNX format (petseg/serving/formats.py); running it
+            # needs the onnx extra.
+            "tf2onnx>=1.16,<2",
+            "onnx>=1.16,<2",
         ],
+        # CPU serving runtimes (--backend; docs/segment.md, "Backends"): each runs the
+        # export's format of its name, and converts the SavedModel into it.
+        "openvino": ["openvino>=2025.3,<2027"],
+        "onnx": ["onnxruntime>=1.20,<2"],
         "dev": [
-            "petseg[train]",
+            "petseg[train,openvino,onnx]",
             "pytest>=8,<10",
             "ruff>=0.6",
             "hypothesis>=6.100,<7",

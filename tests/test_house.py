@@ -113,8 +113,8 @@ import json, sys
 import tensorflow
 before = set(sys.modules)
 import petseg.beam.pipeline
-from petseg.beam.inference import SavedModelHandler
-model = SavedModelHandler({export!r}, max_batch_size=2).load_model()
+from petseg.beam.inference import PetsegModelHandler
+model = PetsegModelHandler({export!r}, max_batch_size=2).load_model()
 assert model.identity()
 print(json.dumps({{"tensorflow_imported": sorted(before), "after": sorted(sys.modules)}}))
 """

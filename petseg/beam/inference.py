@@ -1,12 +1,12 @@
-"""RunInference on the exported SavedModel (ARCHITECTURE.md, contract 2).
+"""RunInference on an export (ARCHITECTURE.md, contract 2), on the backend the job names.
 
 Beam's stock ``TFModelHandlerTensor`` loads models with
 ``tf.keras.models.load_model``, which Keras 3 cannot use on a SavedModel, so
-the project brings its own :class:`SavedModelHandler`. It loads the
-``serving_default`` signature with ``tf.saved_model.load`` (through
-:func:`petseg.serving.export.load_serving_model`); RunInference keeps one loaded
-model per worker process in Beam's shared handle, and every thread of that
-process uses it (a concrete function is safe to call from many threads).
+the project brings its own :class:`PetsegModelHandler`. It loads the export
+on its backend through :func:`petseg.serving.backends.load_runtime` (the
+SavedModel's ``serving_default`` with ``tf.saved_model.load``, or its OpenVINO
+or ONNX format); RunInference keeps one loaded model per worker process in
+Beam's shared handle, and every thread of that process uses it.
 
 Nothing is dead-lettered here: every image reaching the model is already a
 valid ``uint8 [S, S, 3]`` array, so a failing batch (a model that cannot be
@@ -29,6 +29,7 @@ from apache_beam.ml.inference.base import (
 )
 
 from petseg.beam.faults import environment_fault
+from petseg.serving.backends import TENSORFLOW, Runtime
 
 METRICS_NAMESPACE = "petseg_inference"
 
@@ -50,14 +51,14 @@ def grow_gpu_memory() -> None:
 
 
 class ServingModel:
-    """A loaded ``serving_default`` function and its metadata.
+    """A loaded runtime (:mod:`petseg.serving.backends`) and its model's metadata.
 
     A class rather than a tuple because Beam's shared handle keeps a weak
     reference to whatever ``load_model`` returns.
     """
 
-    def __init__(self, function: Any, model_id: str, image_size: int):
-        self.function = function
+    def __init__(self, runtime: Runtime, model_id: str, image_size: int):
+        self.runtime = runtime
         self.model_id = model_id
         self.image_size = image_size
 
@@ -67,14 +68,11 @@ class ServingModel:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """``uint8 [N, S, S, 3]`` -> ``float32 [N, S, S, C]``."""
-        import tensorflow as tf
-
-        outputs = self.function(images=tf.constant(images, dtype=tf.uint8))
-        return outputs["probabilities"].numpy()
+        return self.runtime.probabilities(images)
 
 
-class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]):
-    """Runs a petseg SavedModel on batches of ``uint8 [S, S, 3]`` images.
+class PetsegModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]):
+    """Runs a petseg export on batches of ``uint8 [S, S, 3]`` images, on one backend.
 
     Each prediction is a :class:`PredictionResult` whose ``inference`` is the
     image's ``float32 [S, S, C]`` class probabilities and whose ``model_id``
@@ -85,10 +83,12 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
     which changes the last bits of the probabilities, and on a near tie that
     flips a pixel's class. At a fixed shape an image's mask does not depend on
     which images shared its batch, so every runner and every rerun writes the
-    same bytes.
+    same bytes. Beam's ``OnnxModelHandlerNumpy`` does not pad to a fixed shape,
+    returns one output, and tries CUDA first, so the ONNX backend runs here too.
 
     Args:
-      export_dir: the export folder (local or any filesystem TensorFlow reads).
+      export_dir: the export folder (local or any filesystem Beam reads).
+      backend: ``tensorflow``, ``openvino`` or ``onnx`` (already resolved from ``auto``).
       min_batch_size: smallest batch ``BatchElements`` forms.
       max_batch_size: largest batch ``BatchElements`` forms.
       fixed_batch_size: the shape every batch is run at (padded or split);
@@ -108,6 +108,7 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         self,
         export_dir: str,
         *,
+        backend: str = TENSORFLOW,
         min_batch_size: int | None = None,
         max_batch_size: int | None = None,
         fixed_batch_size: int | None = None,
@@ -129,23 +130,26 @@ class SavedModelHandler(ModelHandler[np.ndarray, PredictionResult, ServingModel]
         self._share_model = share_model or model_copies is not None
         self._model_copies = model_copies
         self._export_dir = export_dir
+        self._backend = backend
         self._fixed_batch_size = fixed_batch_size or max_batch_size
         self._accelerator = accelerator
 
     def load_model(self) -> ServingModel:
-        """Loads the SavedModel once per worker process (RunInference's shared handle).
+        """Loads the model once per worker process (RunInference's shared handle).
 
         Raises:
-          EnvironmentFault: the model cannot be loaded on this worker.
+          EnvironmentFault: the model cannot be loaded on this worker (its
+            runtime not installed among them: the message names the extra).
         """
-        from petseg.serving.export import load_serving_model
+        from petseg.serving.backends import load_runtime
 
         try:
-            grow_gpu_memory()
-            function, info = load_serving_model(self._export_dir)
+            if self._backend == TENSORFLOW:
+                grow_gpu_memory()
+            runtime, info = load_runtime(self._export_dir, self._backend, self._fixed_batch_size)
         except Exception as error:
             raise environment_fault(f"cannot load the model {self._export_dir}", error) from error
-        return ServingModel(function, info.model_id, info.image_size)
+        return ServingModel(runtime, info.model_id, info.image_size)
 
     def run_inference(
         self,
@@ -201,7 +205,7 @@ class InferProbabilities(beam.PTransform):
     module docstring).
 
     Args:
-      model_handler: an unkeyed handler, e.g. :class:`SavedModelHandler`.
+      model_handler: an unkeyed handler, e.g. :class:`PetsegModelHandler`.
 
     Returns the keyed predictions.
     """

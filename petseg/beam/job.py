@@ -33,13 +33,14 @@ from petseg.beam.io import (
 from petseg.beam.progress import DEFAULT_INTERVAL_S
 from petseg.beam.tables import FORMATS
 from petseg.imageio import DEFAULT_MAX_PIXELS
+from petseg.serving.backends import BACKENDS
 from petseg.settings import option
 
 if TYPE_CHECKING:
     from petseg.serving.export import ModelInfo
 
 WRITE_CHECK_FILE = ".petseg-write-check"
-# Images per inference batch: every batch runs at this one shape (see SavedModelHandler).
+# Images per inference batch: every batch runs at this one shape (see PetsegModelHandler).
 DEFAULT_BATCH_SIZE = 32
 # Statistics and errors JSON Lines shards hold about this many records each.
 RECORDS_PER_SHARD = 100_000
@@ -95,6 +96,14 @@ class SegmentConfig:
         "Beam resource hint for the inference step, e.g. "
         "'type:nvidia-tesla-t4;count:1;install-nvidia-driver'",
     )
+    backend: str = option(
+        "auto",
+        "the runtime that runs the model: tensorflow (the SavedModel), openvino or onnx (the "
+        "export's format of that name); auto: the fastest measured for the workers' device "
+        "among the formats the export has and the runtimes installed (docs/segment.md, "
+        "'Backends')",
+        choices=("auto", *BACKENDS),
+    )
     overlays: bool = option(False, "also write colour overlays under OUT/overlays/")
     stats_format: str = option(
         "jsonl",
@@ -134,8 +143,10 @@ class SegmentJob:
         postprocessing, writing and statistics; ``None``: the runner's
         default (:func:`petseg.beam.pipeline.default_threads`).
       num_shards: JSON Lines shards of stats and errors.
+      backend: the runtime that runs the model, ``auto`` resolved
+        (:func:`petseg.serving.backends.choose_backend`).
       share_model, model_copies, accelerator: how workers hold the model
-        (see :class:`~petseg.beam.inference.SavedModelHandler`).
+        (see :class:`~petseg.beam.inference.PetsegModelHandler`).
     """
 
     inputs: list[InputSpec]
@@ -154,6 +165,7 @@ class SegmentJob:
     model_copies: int | None = None
     accelerator: str | None = None
     stats_format: str = "jsonl"
+    backend: str = "tensorflow"
 
 
 def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -258,6 +270,35 @@ def _checked_limits(config: SegmentConfig) -> int:
     return min_batch_size
 
 
+def _workers_have_gpu(config: SegmentConfig) -> bool:
+    """Whether the model will run on GPUs: the job asks for an accelerator, or this
+    machine, where local runners run it, has one."""
+    if config.accelerator:
+        return True
+    if config.backend != "auto":
+        return False
+    import tensorflow as tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def _checked_backend(config: SegmentConfig, model: ModelInfo) -> str:
+    """The backend that will run ``model``, once its SavedModel's signature is checked.
+
+    Reads the signature only (not the whole model: that takes seconds), so a
+    model whose input size or class count disagrees with petseg.json is refused
+    before any worker starts, rather than failing every bundle on every worker.
+    """
+    from petseg.serving.backends import choose_backend
+    from petseg.serving.export import ExportError, check_export
+
+    try:
+        check_export(model.export_dir)
+        return choose_backend(config.backend, model, gpu=_workers_have_gpu(config))
+    except ExportError as error:
+        raise SegmentConfigError(str(error)) from None
+
+
 def prepare_job(config: SegmentConfig) -> SegmentJob:
     """Checks a configuration and resolves it into a :class:`SegmentJob`.
 
@@ -267,7 +308,7 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
     Raises:
       SegmentConfigError: the first problem found.
     """
-    from petseg.serving.export import ExportError, check_export, read_model_info
+    from petseg.serving.export import ExportError, read_model_info
 
     inputs, output = config.input, config.output
     max_batch_size = config.max_batch_size
@@ -292,14 +333,7 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
     matched = count_matches(specs, extension_list)
     output_location = normalise_location(output)
     check_output(output_location, specs)
-    # Read the SavedModel's signature here (not the whole model: that takes
-    # seconds), so a model whose input size or class count disagrees with
-    # petseg.json is refused before any worker starts, rather than failing
-    # every bundle on every worker.
-    try:
-        check_export(model_location)
-    except ExportError as error:
-        raise SegmentConfigError(str(error)) from None
+    backend = _checked_backend(config, model)
     return SegmentJob(
         inputs=specs,
         model=model,
@@ -317,4 +351,5 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
         model_copies=config.model_copies,
         accelerator=config.accelerator or None,
         stats_format=config.stats_format,
+        backend=backend,
     )

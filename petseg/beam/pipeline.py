@@ -25,7 +25,7 @@ from apache_beam.runners.runner import PipelineState
 
 from petseg.beam.decode import DecodeImages
 from petseg.beam.faults import EnvironmentFault, engine_failure_message, fault_message
-from petseg.beam.inference import InferProbabilities, SavedModelHandler
+from petseg.beam.inference import InferProbabilities, PetsegModelHandler
 from petseg.beam.io import AssignMaskPaths, MatchImages, join_path
 from petseg.beam.job import SegmentJob
 from petseg.beam.layout import ERRORS_DIR, MASKS_DIR, STATS_DIR, SUMMARY_FILE
@@ -165,9 +165,10 @@ class Segment(beam.PTransform):
         return Segmented(records, (decode_errors, postprocess_errors, write_errors))
 
 
-def _model_handler(job: SegmentJob) -> SavedModelHandler:
-    return SavedModelHandler(
+def _model_handler(job: SegmentJob) -> PetsegModelHandler:
+    return PetsegModelHandler(
         job.model.export_dir,
+        backend=job.backend,
         min_batch_size=job.min_batch_size,
         max_batch_size=job.max_batch_size,
         share_model=job.share_model,
@@ -308,6 +309,7 @@ def _finish(job: SegmentJob, wall_time_s: float) -> dict[str, Any]:
     summary_path = join_path(job.output, SUMMARY_FILE)
     summary = read_json(summary_path)
     summary["inputs"] = [spec.pattern for spec in job.inputs]
+    summary["backend"] = job.backend
     summary["wall_time_s"] = round(wall_time_s, 3)
     summary["images_per_second"] = (
         round(summary["matched"] / wall_time_s, 3) if wall_time_s else 0.0

@@ -56,6 +56,7 @@ _FIELD_NAMES = {
     "batch_size": "--max-batch-size",
     "overlays": "--overlays",
     "stats_format": "--stats-format",
+    "backend": "the backend",
 }
 
 
@@ -73,6 +74,8 @@ def run_record(job: SegmentJob) -> dict[str, Any]:
         "batch_size": job.max_batch_size,
         "overlays": job.overlays,
         "stats_format": job.stats_format,
+        # Backends may differ in a probability's last bits, so in a pixel on a near tie.
+        "backend": job.backend,
     }
 
 
@@ -123,7 +126,10 @@ def read_record(output: str) -> dict[str, Any] | None:
             f"--output {output} holds an unreadable {RUN_RECORD_FILE} ({error}); pass --overwrite "
             "to replace what is there, or choose a new --output"
         ) from None
-    return record if isinstance(record, dict) else {}
+    if not isinstance(record, dict):
+        return {}
+    # Records written before backends were named are TensorFlow's.
+    return {**record, "backend": record.get("backend", "tensorflow")}
 
 
 def claim_output(job: SegmentJob, overwrite: bool = False) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from petseg.classes import DEFAULT_MASK_VALUES
 from petseg.cli.flags import StrictArgumentParser
+from petseg.serving.backends import BACKENDS
 
 
 def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
@@ -36,6 +37,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="stored mask value -> class index for --masks-dir (default: %(default)s)",
     )
     parser.add_argument(
+        "--backend",
+        default="tensorflow",
+        choices=("auto", *BACKENDS),
+        help="the runtime that runs the model (as the job's --backend) (default: %(default)s)",
+    )
+    parser.add_argument(
         "--output", help="JSON report path (default: eval_<split>.json beside the export folder)"
     )
     return parser
@@ -54,7 +61,13 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
 
     try:
         report = evaluate_export(
-            args.model, args.data_dir, args.split, args.images_dir, args.masks_dir, args.mask_values
+            args.model,
+            args.data_dir,
+            args.split,
+            args.images_dir,
+            args.masks_dir,
+            args.mask_values,
+            backend=args.backend,
         )
     except (ExportError, DataSourceError) as error:
         parser.error(str(error))
@@ -64,7 +77,7 @@ def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
         json.dump(report, file, indent=2)
     print(
         f"{report['model_id']} on {report['split']} ({report['images']} images, original "
-        f"resolution): {format_metrics(report)}"
+        f"resolution, {report['backend']}): {format_metrics(report)}"
     )
     print(f"report: {output}")
     return 0

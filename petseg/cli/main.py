@@ -1,6 +1,7 @@
 """``petseg``: the project's umbrella command.
 
 petseg report OUT [--workdir TRAINING_WORKDIR]   write OUT/report.html
+petseg export-formats MODEL [--format F ...]     add serving formats (openvino, onnx) to an export
 petseg segment ...                               the Beam job (as beam_jobs/segment.py)
 petseg train ... / petseg evaluate ...           train.py and its evaluation
 """
@@ -12,7 +13,7 @@ import sys
 from petseg.cli.flags import StrictArgumentParser, unknown_message
 
 PROG = "petseg"
-COMMANDS = ("report", "segment", "train", "evaluate")
+COMMANDS = ("report", "export-formats", "segment", "train", "evaluate")
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -40,6 +41,36 @@ def _report(argv: list[str]) -> int:
     return 0
 
 
+def _export_formats(argv: list[str]) -> int:
+    from petseg.serving.formats import FORMATS
+
+    parser = StrictArgumentParser(
+        prog=f"{PROG} export-formats",
+        description="Convert an export's SavedModel into serving formats for other runtimes, "
+        "listed with their SHA-256 in its petseg.json.",
+    )
+    parser.add_argument("model", help="a local export folder written by train.py")
+    parser.add_argument(
+        "--format",
+        action="append",
+        choices=sorted(FORMATS),
+        help="a format to write; repeatable (default: every format whose converter is installed)",
+    )
+    args = parser.parse_args(argv)
+    from petseg.serving.export import ExportError
+    from petseg.serving.formats import installed_formats, write_formats
+
+    names = tuple(args.format or installed_formats())
+    try:
+        formats = write_formats(args.model, names)
+    except ExportError as error:
+        print(f"{PROG} export-formats: error: {error}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"{name}: {formats[name]['file']} ({formats[name]['converter']})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``petseg`` console script: runs the command ``argv[0]`` names with the rest.
 
@@ -62,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     command, rest = argv[0], argv[1:]
     if command == "report":
         return _report(rest)
+    if command == "export-formats":
+        return _export_formats(rest)
     if command == "segment":
         from petseg.cli.segment import main as segment_main
 

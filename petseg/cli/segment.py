@@ -197,7 +197,7 @@ def main(
         f"{PROG}: {summary['matched']} matched, {summary['masks_written']} masks written "
         f"({summary['masks_reused']} reused), {summary['failed']} failed, "
         f"{summary['masks_pruned']} stale masks pruned in {summary['wall_time_s']:.1f}s "
-        f"({summary['images_per_second']:.1f} images/s)",
+        f"({summary['images_per_second']:.1f} images/s, backend {summary['backend']})",
         file=sys.stderr,
     )
     if not reconciliation["ok"]:

@@ -5,7 +5,8 @@ An export (ARCHITECTURE.md 2-3) is a SavedModel, ``model.keras`` and
 (already resized to S) and returns float32 ``probabilities [N, S, S, C]``
 and uint8 ``mask [N, S, S]``. This module loads it with
 ``tf.saved_model.load`` and never imports Keras: a worker that serves the
-model imports TensorFlow and Beam's filesystems, nothing of training.
+model imports TensorFlow and Beam's filesystems, nothing of training; reading
+and checking an export does not import TensorFlow at all.
 :mod:`petseg.training.export` writes exports.
 """
 
@@ -17,14 +18,14 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-import tensorflow as tf
-
 from petseg.storage import download_folder, is_present, is_remote, staged_directory
 
 METADATA_FILE = "petseg.json"
 KERAS_FILE = "model.keras"
 FORMAT_VERSION = 1
 SIGNATURE = "serving_default"
+# TensorFlow's DataType enum value of uint8 (types.proto), without importing TensorFlow.
+DT_UINT8 = 4
 
 
 class ExportError(ValueError):
@@ -115,7 +116,7 @@ def check_export(export_dir: str) -> ModelInfo:
     probabilities = signature.outputs.get("probabilities")
     if (
         images is None
-        or images.dtype != tf.uint8.as_datatype_enum
+        or images.dtype != DT_UINT8
         or probabilities is None
         or "mask" not in signature.outputs
     ):
@@ -172,6 +173,8 @@ def load_serving_model(export_dir: str) -> tuple[Any, ModelInfo]:
       ExportError: the export is unusable or disagrees with its metadata.
     """
     info = check_export(export_dir)
+    import tensorflow as tf
+
     try:
         loaded = tf.saved_model.load(local_copy(export_dir))
         function = loaded.signatures[SIGNATURE]

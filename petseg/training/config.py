@@ -41,6 +41,21 @@ def precision_setting(mixed_precision: str | bool) -> str:
     return mixed_precision
 
 
+def parse_serving_formats(text: str) -> tuple[str, ...]:
+    """``"openvino,onnx"`` -> ``("openvino", "onnx")``; ``""`` -> none.
+
+    Raises:
+      ValueError: a format petseg does not write.
+    """
+    from petseg.serving.formats import FORMATS
+
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown serving format(s) {unknown}; known: {sorted(FORMATS)}")
+    return names
+
+
 def parse_class_weights(text: str) -> tuple[float, ...]:
     """Parses ``"1,1,2.5"`` into ``(1.0, 1.0, 2.5)``.
 
@@ -116,6 +131,14 @@ class TrainConfig:
         False,
         "the exported model averages each image with its mirror image (2x inference cost)",
         group="model",
+    )
+    serving_formats: tuple[str, ...] = option(
+        (),
+        "serving formats to write beside the SavedModel, comma-separated: openvino, onnx "
+        "(docs/segment.md, 'Backends'); 'petseg export-formats' adds them later",
+        group="model",
+        parse=parse_serving_formats,
+        metavar="FORMATS",
     )
     epochs: int = option(20, "epochs with the encoder frozen", group="optimisation")
     fine_tune_epochs: int = option(
@@ -200,6 +223,12 @@ class TrainConfig:
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
         object.__setattr__(self, "mixed_precision", precision_setting(self.mixed_precision))
+        formats = self.serving_formats
+        if isinstance(formats, str):
+            formats = formats.split(",")
+        object.__setattr__(
+            self, "serving_formats", tuple(name.strip() for name in formats if name.strip())
+        )
         self._check()
 
     def _check(self) -> None:
@@ -224,6 +253,10 @@ class TrainConfig:
             self.alpha in VALID_ALPHAS, f"alpha must be one of {VALID_ALPHAS}, got {self.alpha}"
         )
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
+        from petseg.serving.formats import FORMATS
+
+        unknown = [name for name in self.serving_formats if name not in FORMATS]
+        require(not unknown, f"unknown serving format(s) {unknown}; known: {sorted(FORMATS)}")
 
     def _check_schedule(self) -> None:
         require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")
@@ -317,6 +350,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (as stored in ``petseg.json``)."""
         values = dataclasses.asdict(self)
+        values["serving_formats"] = list(values["serving_formats"])
         if values["class_weights"] is not None:
             values["class_weights"] = list(values["class_weights"])
         return values

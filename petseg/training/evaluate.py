@@ -28,7 +28,8 @@ import tensorflow as tf
 
 from petseg.classes import CLASS_NAMES, DEFAULT_MASK_VALUES
 from petseg.imageio import ImageDecodeError
-from petseg.serving.export import load_serving_model
+from petseg.serving.backends import TENSORFLOW, choose_backend, load_runtime
+from petseg.serving.export import read_model_info
 from petseg.serving.upsample import probabilities_to_mask
 from petseg.training.data.files import DataSourceError, LabelledFile, lookup_table, read_labelled
 from petseg.training.data.oxford import TRIMAP_TO_CLASS, oxford_examples
@@ -113,6 +114,14 @@ def _labelled_examples(data_dir, split, images_dir, masks_dir, mask_values):
     return list(pair_folders(images_dir, masks_dir).pairs), value_map, "paired"
 
 
+def _check_labels(value_map: dict[int, int], info) -> None:
+    if max(value_map.values()) >= info.num_classes:
+        raise DataSourceError(
+            f"labels map to class {max(value_map.values())} but the model has "
+            f"{info.num_classes} classes {info.class_names}"
+        )
+
+
 def evaluate_export(
     model_dir: str,
     data_dir: str | None = None,
@@ -120,6 +129,7 @@ def evaluate_export(
     images_dir: str | None = None,
     masks_dir: str | None = None,
     mask_values: str = DEFAULT_MASK_VALUES,
+    backend: str = TENSORFLOW,
 ) -> dict[str, Any]:
     """Scores an export on an Oxford-layout split or on a paired folder.
 
@@ -130,11 +140,12 @@ def evaluate_export(
       images_dir: instead of ``data_dir``, a folder of images ...
       masks_dir: ... and their masks, matched by file stem.
       mask_values: stored mask value -> class index for paired masks.
+      backend: the runtime that runs the model (``auto``: :func:`choose_backend`'s pick).
 
     Returns:
       ``{"pixel_accuracy", "iou": {class: IoU}, "mean_iou", "pixels", "images",
       "skipped", "confusion_matrix", "class_names", "model_id", "split",
-      "resolution": "original", "seconds"}``.
+      "resolution": "original", "backend", "seconds"}``.
 
     Raises:
       ExportError: the model directory is not a usable export.
@@ -143,17 +154,14 @@ def evaluate_export(
     started = time.perf_counter()
     if bool(data_dir) == bool(images_dir):
         raise DataSourceError("give either --data-dir (Oxford layout) or --images-dir/--masks-dir")
-    serving_function, info = load_serving_model(model_dir)
+    backend = choose_backend(backend, read_model_info(model_dir))
+    runtime, info = load_runtime(model_dir, backend)
     examples, value_map, split = _labelled_examples(
         data_dir, split, images_dir, masks_dir, mask_values
     )
-    if max(value_map.values()) >= info.num_classes:
-        raise DataSourceError(
-            f"labels map to class {max(value_map.values())} but the model has "
-            f"{info.num_classes} classes {info.class_names}"
-        )
+    _check_labels(value_map, info)
     matrix, skipped = evaluate_examples(
-        serving_predictor(serving_function), examples, info.image_size, value_map, info.num_classes
+        runtime.probabilities, examples, info.image_size, value_map, info.num_classes
     )
     if len(skipped) == len(examples):
         raise DataSourceError(f"none of the {len(examples)} images could be read")
@@ -168,5 +176,6 @@ def evaluate_export(
         "data": os.path.abspath(data_dir or images_dir),
         "split": split,
         "resolution": "original",
+        "backend": backend,
         "seconds": round(time.perf_counter() - started, 1),
     }

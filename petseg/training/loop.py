@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from petseg.classes import CLASS_NAMES, NUM_CLASSES
+from petseg.serving.formats import write_formats
 from petseg.storage import is_remote, mirrored_folder
 from petseg.training.callbacks import (
     PredictionPanel,
@@ -184,7 +185,7 @@ def _fit_phase(
 
 
 @dataclass
-class _Run:
+class _Training:
     """What the steps of one training run share (see :func:`train_and_evaluate`)."""
 
     config: TrainConfig
@@ -272,7 +273,7 @@ def training_batches(config: TrainConfig, data: Datasets, batch_size: int) -> tf
     )
 
 
-def _prepare(config: TrainConfig, workdir: str) -> _Run:
+def _prepare(config: TrainConfig, workdir: str) -> _Training:
     """The workdir, the strategy, the data and what a resumed run already did."""
     paths = Workdir(workdir)
     paths.make()
@@ -308,7 +309,7 @@ def _prepare(config: TrainConfig, workdir: str) -> _Run:
         logger.info("resuming from %s: %d epoch(s) already finished", paths.backup, done)
     elif os.path.exists(paths.backup):
         shutil.rmtree(paths.backup)
-    return _Run(
+    return _Training(
         config=config,
         paths=paths,
         strategy=strategy,
@@ -324,7 +325,7 @@ def _prepare(config: TrainConfig, workdir: str) -> _Run:
     )
 
 
-def _build_model(run: _Run) -> keras.Model:
+def _build_model(run: _Training) -> keras.Model:
     """The U-Net with its encoder frozen, built and compiled in the strategy's scope."""
     config = run.config
     with run.strategy.scope():
@@ -341,7 +342,7 @@ def _build_model(run: _Run) -> keras.Model:
     return model
 
 
-def _train(model: keras.Model, run: _Run, after_epoch: Callable[[], None] | None) -> None:
+def _train(model: keras.Model, run: _Training, after_epoch: Callable[[], None] | None) -> None:
     """The frozen phase, then fine-tuning, each skipped where a resumed run is past it;
     ``after_epoch`` runs after each epoch's files are written."""
     config, paths = run.config, run.paths
@@ -395,7 +396,7 @@ def _train(model: keras.Model, run: _Run, after_epoch: Callable[[], None] | None
         fit(config.epochs, config.total_epochs, "fine-tune")
 
 
-def _serving_model(model: keras.Model, run: _Run) -> keras.Model:
+def _serving_model(model: keras.Model, run: _Training) -> keras.Model:
     """The trained network as the export serves it: float32, at the serving size."""
     config = run.config
     serving_model = model
@@ -408,7 +409,7 @@ def _serving_model(model: keras.Model, run: _Run) -> keras.Model:
 
 
 def _evaluate(
-    network: keras.Model, model: keras.Model, run: _Run
+    network: keras.Model, model: keras.Model, run: _Training
 ) -> tuple[dict[str, Any], dict[str, list[float]]]:
     """The final evaluation (what the export will score) and the run's history, with plots."""
     config, paths, data = run.config, run.paths, run.data
@@ -432,7 +433,7 @@ def _evaluate(
 
 
 def _export(
-    serving_model: keras.Model, network: keras.Model, evaluation: dict[str, Any], run: _Run
+    serving_model: keras.Model, network: keras.Model, evaluation: dict[str, Any], run: _Training
 ) -> str:
     """Exports ``network`` to serve and ``serving_model`` to train on; returns the model's id."""
     config = run.config
@@ -458,4 +459,6 @@ def _export(
     export_model(
         serving_model, run.paths.export, metadata, flip_tta=config.tta_flip, network=network
     )
+    if config.serving_formats:
+        write_formats(run.paths.export, config.serving_formats)
     return model_id

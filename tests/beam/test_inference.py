@@ -9,7 +9,7 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from petseg.beam.faults import EnvironmentFault
-from petseg.beam.inference import InferProbabilities, SavedModelHandler, ServingModel
+from petseg.beam.inference import InferProbabilities, PetsegModelHandler, ServingModel
 from petseg.beam.records import ImageKey, SourceImage
 from tests.beam_helpers import MODEL_ID, MODEL_SIZE, shared_tiny_model
 
@@ -26,7 +26,7 @@ def images():
 
 
 def test_load_model_reads_the_export_and_its_metadata(model_dir):
-    model = SavedModelHandler(model_dir).load_model()
+    model = PetsegModelHandler(model_dir).load_model()
     assert isinstance(model, ServingModel)
     assert model.model_id == MODEL_ID and model.image_size == MODEL_SIZE
 
@@ -35,11 +35,11 @@ def test_a_model_that_cannot_load_is_an_environment_fault(tmp_path):
     # Checked on the driver before the job starts, so on a worker it is the
     # worker's storage or setup that failed: the runner retries, no image fails.
     with pytest.raises(EnvironmentFault, match="cannot load the model .*missing.*not found"):
-        SavedModelHandler(str(tmp_path / "missing")).load_model()
+        PetsegModelHandler(str(tmp_path / "missing")).load_model()
 
 
 def test_run_inference_returns_probabilities_per_image(model_dir, images):
-    handler = SavedModelHandler(model_dir, max_batch_size=4)
+    handler = PetsegModelHandler(model_dir, max_batch_size=4)
     results = list(handler.run_inference(images[:3], handler.load_model()))
     assert len(results) == 3
     for image, result in zip(images[:3], results, strict=True):
@@ -52,7 +52,7 @@ def test_run_inference_returns_probabilities_per_image(model_dir, images):
 
 def test_batches_run_at_a_fixed_shape_so_companions_do_not_matter(model_dir, images):
     # Five images through a handler of fixed batch 4: one full batch, one padded.
-    handler = SavedModelHandler(model_dir, max_batch_size=4)
+    handler = PetsegModelHandler(model_dir, max_batch_size=4)
     model = handler.load_model()
     together = [result.inference for result in handler.run_inference(images, model)]
     for index in (0, 4):
@@ -61,7 +61,7 @@ def test_batches_run_at_a_fixed_shape_so_companions_do_not_matter(model_dir, ima
 
 
 def test_batch_elements_kwargs_follow_the_flags(model_dir):
-    handler = SavedModelHandler(model_dir, min_batch_size=2, max_batch_size=8)
+    handler = PetsegModelHandler(model_dir, min_batch_size=2, max_batch_size=8)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 2, "max_batch_size": 8}
     assert handler.get_num_bytes([np.zeros((4, 4, 3), np.uint8)] * 2) == 96
     assert not handler.share_model_across_processes()
@@ -72,7 +72,7 @@ def test_run_inference_transform_with_the_real_model(model_dir, images):
         ImageKey(SourceImage(f"/in/{index}.png", f"{index}.png", 0, f"masks/{index}.png"), 10, 20)
         for index in range(len(images))
     ]
-    handler = SavedModelHandler(model_dir, max_batch_size=2)
+    handler = PetsegModelHandler(model_dir, max_batch_size=2)
     model = handler.load_model()
     expected = {
         key.source.path: int(result.inference.argmax(-1).sum())
@@ -98,14 +98,14 @@ def test_run_inference_transform_with_the_real_model(model_dir, images):
 
 
 def test_model_sharing_and_the_accelerator_hint_reach_runinference(model_dir):
-    plain = SavedModelHandler(model_dir, max_batch_size=4)
+    plain = PetsegModelHandler(model_dir, max_batch_size=4)
     assert not plain.share_model_across_processes() and plain.get_resource_hints() == {}
-    shared = SavedModelHandler(model_dir, max_batch_size=4, share_model=True)
+    shared = PetsegModelHandler(model_dir, max_batch_size=4, share_model=True)
     assert shared.share_model_across_processes() and shared.model_copies() == 1
-    copies = SavedModelHandler(model_dir, max_batch_size=4, model_copies=2)
+    copies = PetsegModelHandler(model_dir, max_batch_size=4, model_copies=2)
     assert copies.share_model_across_processes() and copies.model_copies() == 2
     hint = "type:nvidia-tesla-t4;count:1;install-nvidia-driver"
-    gpu = SavedModelHandler(model_dir, accelerator=hint)
+    gpu = PetsegModelHandler(model_dir, accelerator=hint)
     assert gpu.get_resource_hints() == {"accelerator": hint}
 
 
@@ -117,7 +117,7 @@ def test_the_accelerator_hint_is_on_the_inference_step_only(model_dir):
     _ = (
         pipeline
         | beam.Create([(keys[0], image)])
-        | InferProbabilities(SavedModelHandler(model_dir, accelerator=hint))
+        | InferProbabilities(PetsegModelHandler(model_dir, accelerator=hint))
     )
     proto = pipeline.to_runner_api()
     hinted = {
@@ -134,6 +134,6 @@ def test_the_accelerator_hint_is_on_the_inference_step_only(model_dir):
 
 def test_a_served_model_answers_through_its_methods(model_dir, images):
     # A shared model is reached by proxy, which carries method calls, not attributes.
-    model = SavedModelHandler(model_dir).load_model()
+    model = PetsegModelHandler(model_dir).load_model()
     assert model.identity() == MODEL_ID
     assert model.probabilities(np.stack(images[:2])).shape == (2, MODEL_SIZE, MODEL_SIZE, 3)

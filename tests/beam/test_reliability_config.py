@@ -15,7 +15,7 @@ import pytest
 
 from beam_jobs import segment as segment_job
 from petseg.beam.faults import EnvironmentFault
-from petseg.beam.inference import SavedModelHandler
+from petseg.beam.inference import PetsegModelHandler
 from petseg.serving.export import ExportError, load_serving_model
 from tests.beam_helpers import MODEL_SIZE
 from tests.images import gradient, jpeg
@@ -62,7 +62,7 @@ def test_model_mismatch_is_detected_at_load_time(kind, model_dir, tmp_path):
         load_serving_model(str(edited))
     # Workers load through the same function; there it fails the job, not the images.
     with pytest.raises(EnvironmentFault, match=f"cannot load the model .*{message}"):
-        SavedModelHandler(str(edited)).load_model()
+        PetsegModelHandler(str(edited)).load_model()
 
 
 def _main(capsys, photos, model, output, *extra, inputs=None) -> str:
