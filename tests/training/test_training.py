@@ -46,6 +46,7 @@ def test_config_refuses_unknown_keys_and_bad_values():
         ({"dropout": 1.0}, "dropout must be in"),
         ({"min_crop_scale": 0.05}, "min crop scale must be in"),
         ({"colour_jitter": 1.5}, "colour jitter must be in"),
+        ({"serving_formats": ("tflite",)}, r"unknown serving format\(s\) \['tflite'\]"),
     ]:
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**{**TINY, **settings})
@@ -127,7 +128,11 @@ def test_train_and_evaluate_runs_both_phases_and_exports(tmp_path):
     from petseg.training.loop import train_and_evaluate
 
     config = TrainConfig(
-        **TINY, class_weights=(1.0, 1.0, 2.0), min_crop_scale=0.7, colour_jitter=0.2
+        **TINY,
+        class_weights=(1.0, 1.0, 2.0),
+        min_crop_scale=0.7,
+        colour_jitter=0.2,
+        serving_formats=("openvino",),
     )
     workdir = tmp_path / "run"
     result = train_and_evaluate(config, str(workdir))
@@ -166,6 +171,8 @@ def test_train_and_evaluate_runs_both_phases_and_exports(tmp_path):
     assert document["config"] == config.to_dict()
     assert document["metrics"]["mean_iou"] == pytest.approx(metrics["mean_iou"])
     assert os.path.isfile(os.path.join(result.export_dir, "model.keras"))
+    assert list(document["formats"]) == ["openvino"]
+    assert os.path.isfile(os.path.join(result.export_dir, "openvino", "model.bin"))
     # The global dtype policy is left as it was found.
     assert tf.keras.mixed_precision.global_policy().name == "float32"
 
