@@ -11,6 +11,10 @@
 #   docker build --build-arg TENSORFLOW_PACKAGE="tensorflow[and-cuda]" \
 #     -t REGISTRY/petseg-beam-worker:0.1.0-gpu .
 #
+# The serving runtimes of --backend are petseg extras (default: openvino, which
+# --backend auto prefers on CPUs); name others, or none, with PETSEG_EXTRAS:
+#   docker build --build-arg PETSEG_EXTRAS=openvino,onnx -t ... .
+#
 # The SDK version must equal the submitting machine's apache-beam (2.62.0).
 # Keep Beam's entrypoint (/opt/apache/beam/boot): the runner starts it.
 # See docs/segment.md for the submit commands.
@@ -19,6 +23,7 @@ ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.62.0
 FROM ${BEAM_SDK_IMAGE}
 
 ARG TENSORFLOW_PACKAGE=tensorflow
+ARG PETSEG_EXTRAS=openvino
 
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -31,5 +36,5 @@ COPY constraints.txt ./
 RUN pip install -c constraints.txt "${TENSORFLOW_PACKAGE}" pillow numpy
 
 COPY . ./
-RUN pip install -c constraints.txt . \
+RUN pip install -c constraints.txt ".[${PETSEG_EXTRAS}]" \
     && python -c "import petseg.cli.segment, tensorflow"

@@ -12,7 +12,7 @@ export PETSEG_OXFORD_SAMPLE ?= $(SHARED)/data/oxford-pets-sample
 export PETSEG_ENCODER_WEIGHTS ?= $(SHARED)/weights/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: install test demo lint bench bench-gpu profile accuracy clean worker-requirements flink flink-up flink-down bench-flink
+.PHONY: install test demo lint bench bench-backends bench-gpu profile accuracy clean worker-requirements flink flink-up flink-down bench-flink
 
 install: $(STAMP)
 
@@ -34,8 +34,10 @@ demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m petseg.cli.demo --workdir runs/demo
 
 # The exact worker install for Dataflow's --requirements_file (docs/segment.md).
+# EXTRAS: the serving runtimes the workers run (--backend), e.g. openvino,onnx.
+EXTRAS ?= openvino
 worker-requirements: $(STAMP)
-	$(BIN)/python -m petseg.cli.worker_requirements > requirements-worker.txt
+	$(BIN)/python -m petseg.cli.worker_requirements --extras "$(EXTRAS)" > requirements-worker.txt
 
 # A Flink session cluster on localhost (docs/segment.md, "On Flink"): `flink`
 # fetches Beam's job server (Maven) and Flink (PyPI) into .cache/flink,
@@ -53,6 +55,10 @@ flink-down:
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The serving backends alone, side by side (benchmarks/backends.py).
+bench-backends: $(STAMP)
+	$(BIN)/python -m benchmarks.backends --out benchmarks/results
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run --out benchmarks/results

@@ -52,8 +52,11 @@ setup(
         # export's format of its name, and converts the SavedModel into it.
         "openvino": ["openvino>=2025.3,<2027"],
         "onnx": ["onnxruntime>=1.20,<2"],
+        # Writing the int8 OpenVINO format (post-training quantization); running it needs
+        # the openvino extra only.
+        "quantize": ["nncf>=2.16,<4"],
         "dev": [
-            "petseg[train,openvino,onnx]",
+            "petseg[train,openvino,onnx,quantize]",
             "pytest>=8,<10",
             "ruff>=0.6",
             "hypothesis>=6.100,<7",

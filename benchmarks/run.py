@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict
 
-from benchmarks import common, segmentation, training
+from benchmarks import backends, common, segmentation, training
 
 # Figure -> (what it compares, its target, whether the target is an upper bound);
 # figures named ``*_ms`` are milliseconds, the others ratios.
@@ -23,10 +23,11 @@ TARGETS = {
     "small_image_marginal_ms": ("small images, marginal wall time per image", 4.0, True),
     "small_memory_10N_vs_N": ("small images, peak RSS at 10N / at N", 1.15, True),
     "training_vs_tutorial": ("training, petseg / tutorial", 1.5, False),
+    "best_backend_job_vs_tensorflow": ("job, fastest backend / TensorFlow's", 1.35, False),
 }
 
 
-def ratios(segment: dict, scale: dict, recipes: dict) -> dict[str, float]:
+def ratios(segment: dict, scale: dict, recipes: dict, serving: dict) -> dict[str, float]:
     """Every figure of :data:`TARGETS`, from the benchmarks' results."""
     limit = segment["model_limit"]["images_per_second"]
     job, memory_n, memory_5n = (segment[key] for key in ("job_in_process", "memory_N", "memory_5N"))
@@ -39,6 +40,7 @@ def ratios(segment: dict, scale: dict, recipes: dict) -> dict[str, float]:
         "job_vs_naive": job["images_per_second"] / segment["naive_loop"]["images_per_second"],
         "memory_5N_vs_N": memory_5n["peak_rss_mib"] / memory_n["peak_rss_mib"],
         "training_vs_tutorial": recipes["petseg"]["speedup"],
+        "best_backend_job_vs_tensorflow": backends.best_job_ratio(serving),
     }
 
 
@@ -102,6 +104,7 @@ def markdown(results: dict) -> list[str]:
             ],
         ),
     ]
+    lines += backends.markdown(results["backends"], common.Sizes(**sizes))
     rows = []
     for name, (what, target, at_most) in TARGETS.items():
         value = results["ratios"][name]
@@ -122,13 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     segment = segmentation.measure(export_dir, args.workdir, sizes)
     scale = segmentation.scale(args.workdir, sizes)
     train = training.measure(args.workdir, sizes)
+    serving = backends.measure(args.workdir, sizes)
     results = {
         "sizes": asdict(sizes),
         "bench_model": read_model_info(export_dir).metadata.get("bench_model", ""),
         "segmentation": segment,
         "scale": scale,
         "training": train,
-        "ratios": ratios(segment, scale, train["recipes"]),
+        "backends": serving,
+        "ratios": ratios(segment, scale, train["recipes"], serving),
     }
     common.write_results(args.out, "results", results, markdown(results))
     return 0

@@ -59,6 +59,21 @@ def test_quick_bench_reports_every_figure(workdir, tmp_path):
     assert recipes["petseg_float32"]["policy"] == "float32"
     assert results["training"]["accuracy"] is None  # no accuracy epochs in --quick
 
+    serving = results["backends"]
+    assert set(serving["backends"]) == {"tensorflow", "openvino", "onnx", "openvino-int8"}
+    for figures in serving["backends"].values():
+        assert figures["model_limit_images_per_second"] > 0 and figures["job_images_per_second"] > 0
+        assert figures["first_batch_seconds"] > 0
+    assert serving["matmul_gflops"] > 0 and serving["model_gflop_per_image"] > 0
+    if serving["test_split"] is not None:
+        split = serving["test_split"]
+        assert split["tensorflow"]["differing_pixel_share"] == 0.0
+        # Float32 runtimes agree with TensorFlow but for near ties; int8 differs more.
+        assert split["openvino"]["differing_pixel_share"] < 0.01
+        assert split["onnx"]["differing_pixel_share"] < 0.01
+        assert 0 <= split["openvino-int8"]["differing_pixel_share"] <= 1
+    assert "**Backends**" in (out / "results.md").read_text()
+
     table = (out / "results.md").read_text()
     assert table.startswith("Measured ")
     for what, _, _ in run.TARGETS.values():

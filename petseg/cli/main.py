@@ -1,7 +1,7 @@
 """``petseg``: the project's umbrella command.
 
 petseg report OUT [--workdir TRAINING_WORKDIR]   write OUT/report.html
-petseg export-formats MODEL [--format F ...]     add serving formats (openvino, onnx) to an export
+petseg export-formats MODEL [--format F ...]     add serving formats (openvino, onnx, openvino-int8)
 petseg segment ...                               the Beam job (as beam_jobs/segment.py)
 petseg train ... / petseg evaluate ...           train.py and its evaluation
 """
@@ -54,15 +54,21 @@ def _export_formats(argv: list[str]) -> int:
         "--format",
         action="append",
         choices=sorted(FORMATS),
-        help="a format to write; repeatable (default: every format whose converter is installed)",
+        help="a format to write; repeatable (default: openvino and onnx, where their "
+        "converters are installed)",
+    )
+    parser.add_argument(
+        "--calibration-images",
+        metavar="DIR",
+        help="images to calibrate openvino-int8 on (the first 64 below DIR; training images)",
     )
     args = parser.parse_args(argv)
     from petseg.serving.export import ExportError
-    from petseg.serving.formats import installed_formats, write_formats
+    from petseg.serving.formats import CALIBRATED, installed_formats, write_formats
 
-    names = tuple(args.format or installed_formats())
+    names = tuple(args.format or [name for name in installed_formats() if name not in CALIBRATED])
     try:
-        formats = write_formats(args.model, names)
+        formats = write_formats(args.model, names, args.calibration_images)
     except ExportError as error:
         print(f"{PROG} export-formats: error: {error}", file=sys.stderr)
         return 2

@@ -1,5 +1,8 @@
 """Running an export's network on a runtime: TensorFlow, OpenVINO or ONNX Runtime.
 
+The backends are ``tensorflow`` and one per serving format of
+:mod:`petseg.serving.formats` (``openvino``, ``onnx``, ``openvino-int8``).
+
 Every backend takes uint8 ``images [N, S, S, 3]`` and returns float32
 ``probabilities [N, S, S, C]``, so the job and evaluation treat them alike.
 ``tensorflow`` runs the SavedModel; ``openvino`` and ``onnx`` run the formats
@@ -12,7 +15,8 @@ probability, which flips a pixel's class only on a near tie (docs/segment.md,
 ``auto`` picks, for the worker's device, the fastest backend measured
 (docs/benchmarks.md, "Backends") among those the export has a format for and
 whose runtime is installed: on a GPU, TensorFlow; on a CPU, OpenVINO, then
-ONNX Runtime, then TensorFlow.
+ONNX Runtime, then TensorFlow. It never picks ``openvino-int8``, whose masks
+differ more: that one is asked for by name.
 """
 
 from __future__ import annotations
@@ -116,9 +120,12 @@ class OpenVINORuntime:
 
     name = "openvino"
 
-    def __init__(self, model_file: str, image_size: int, batch_size: int | None):
+    def __init__(
+        self, model_file: str, image_size: int, batch_size: int | None, name: str = "openvino"
+    ):
         import openvino as ov
 
+        self.name = name
         core = ov.Core()
         model = core.read_model(model_file)
         if batch_size:
@@ -180,8 +187,8 @@ def load_runtime(
         choose_backend(backend, info)  # raises, naming the command that adds it
     model_file = verify_format(local_copy(export_dir), listing)
     try:
-        if backend == "openvino":
-            return OpenVINORuntime(model_file, info.image_size, batch_size), info
+        if FORMATS[backend].runtime_module == "openvino":
+            return OpenVINORuntime(model_file, info.image_size, batch_size, backend), info
         return OnnxRuntime(model_file), info
     except Exception as error:
         raise FormatError(f"{backend} cannot load {model_file}: {error}") from None

@@ -9,6 +9,11 @@ same ``probabilities`` and ``mask``:
   with ``openvino.convert_model`` and saved with float32 weights (no fp16
   compression, which would change the probabilities' last bits).
 - ``onnx``: ONNX (``onnx/model.onnx``), converted by tf2onnx.
+- ``openvino-int8``: the OpenVINO IR quantized to int8 after training (NNCF's
+  static post-training quantization, calibrated on images the caller gives,
+  decoded as the job decodes them). Opt-in: its masks differ from the
+  SavedModel's in more pixels (docs/benchmarks.md, "Backends", per class), and
+  it pays on CPUs with VNNI or AMX int8 instructions.
 
 ``petseg.json`` lists each format under ``formats``: its files with their
 SHA-256, and the converter's version. Which runtime is fastest is measured
@@ -51,7 +56,13 @@ FORMATS = {
         "openvino", "openvino", "model.xml", "openvino", "openvino", "openvino"
     ),
     "onnx": ServingFormat("onnx", "onnx", "model.onnx", "tf2onnx", "onnxruntime", "onnx"),
+    "openvino-int8": ServingFormat(
+        "openvino-int8", "openvino-int8", "model.xml", "nncf", "openvino", "openvino"
+    ),
 }
+# The formats a conversion needs calibration images for, and how many it uses by default.
+CALIBRATED = frozenset({"openvino-int8"})
+CALIBRATION_IMAGES = 64
 
 
 class FormatError(ExportError):
@@ -89,6 +100,42 @@ def _convert_onnx(export_dir: str, folder: str) -> None:
         raise FormatError(f"tf2onnx could not convert {export_dir}: {last}")
 
 
+def calibration_batch(folder: str, image_size: int, count: int = CALIBRATION_IMAGES):
+    """The first ``count`` images below ``folder`` (sorted by path) that decode, as the
+    job feeds them to the model: ``uint8 [count, S, S, 3]``.
+
+    Raises:
+      FormatError: the folder holds no image that decodes.
+    """
+    import numpy as np
+
+    from petseg.imageio import ImageDecodeError, decode_resized
+
+    images = []
+    for root, _, files in sorted(os.walk(folder)):
+        for name in sorted(files):
+            if len(images) == count:
+                break
+            try:
+                with open(os.path.join(root, name), "rb") as file:
+                    images.append(decode_resized(file.read(), image_size)[0])
+            except (OSError, ImageDecodeError):
+                continue
+    if not images:
+        raise FormatError(f"no calibration image decodes below {folder}")
+    return np.stack(images)
+
+
+def _convert_openvino_int8(export_dir: str, folder: str, calibration) -> None:
+    import nncf
+    import openvino as ov
+
+    # One image a step: the statistics do not depend on how calibration is batched.
+    dataset = nncf.Dataset(list(calibration), lambda image: {"images": image[None]})
+    model = nncf.quantize(ov.convert_model(export_dir), dataset, subset_size=len(calibration))
+    ov.save_model(model, os.path.join(folder, "model.xml"), compress_to_fp16=False)
+
+
 _CONVERTERS = {"openvino": _convert_openvino, "onnx": _convert_onnx}
 
 
@@ -119,19 +166,59 @@ def installed_formats() -> tuple[str, ...]:
     return tuple(found)
 
 
-def write_formats(export_dir: str, names: tuple[str, ...]) -> dict[str, dict]:
+def _write_format(export_dir: str, name: str, calibration) -> dict:
+    """Writes format ``name``'s folder whole; returns its listing in ``petseg.json``."""
+    spec = FORMATS[name]
+    target = os.path.join(export_dir, spec.folder)
+    with staged_directory(target, ".convert-") as staging:
+        if name in CALIBRATED:
+            _convert_openvino_int8(export_dir, staging, calibration)
+        else:
+            _CONVERTERS[name](export_dir, staging)
+    listing = {
+        "file": f"{spec.folder}/{spec.model_file}",
+        "sha256": {
+            f"{spec.folder}/{entry}": sha256_of(os.path.join(target, entry))
+            for entry in sorted(os.listdir(target))
+        },
+    }
+    if name in CALIBRATED:
+        listing["calibration_images"] = len(calibration)
+    return listing
+
+
+def _replace_json(path: str, document: dict) -> None:
+    """Replaces ``path`` with ``document`` in one rename."""
+    with tempfile.NamedTemporaryFile(
+        "w", dir=os.path.dirname(path), prefix=".petseg-json-", delete=False, encoding="utf-8"
+    ) as file:
+        json.dump(document, file, indent=2, sort_keys=True)
+    os.chmod(file.name, 0o644)  # as open() wrote it; a temporary file is the owner's alone
+    os.replace(file.name, path)
+
+
+def write_formats(
+    export_dir: str, names: tuple[str, ...], calibration_dir: str | None = None
+) -> dict[str, dict]:
     """Converts the export's SavedModel into each format of ``names`` and lists them in
     ``petseg.json``; formats already there are made again.
 
     Each format's folder is written whole or not at all, and ``petseg.json`` is replaced
     in one rename once every format is in place.
 
+    Args:
+      export_dir: a local export folder.
+      names: the formats to write (:data:`FORMATS`).
+      calibration_dir: images to calibrate the formats of :data:`CALIBRATED` on (the
+        first :data:`CALIBRATION_IMAGES`); training images, not the test split.
+
     Returns:
       ``petseg.json``'s ``formats``.
 
     Raises:
       FormatError: an unknown format, a converter not installed, a conversion
-        that failed, or an export in a bucket (convert a local copy).
+        that failed, calibration images missing, or an export in a bucket
+        (convert a local copy).
       ExportError: the export is unusable.
     """
     unknown = sorted(set(names) - set(FORMATS))
@@ -139,32 +226,26 @@ def write_formats(export_dir: str, names: tuple[str, ...]) -> dict[str, dict]:
         raise FormatError(f"unknown serving format(s) {unknown}; known: {sorted(FORMATS)}")
     if is_remote(export_dir):
         raise FormatError(f"{export_dir} is in a bucket: add formats to a local copy")
-    check_export(export_dir)
+    info = check_export(export_dir)
     versions = {name: converter_version(name) for name in names}
+    calibration = None
+    if CALIBRATED & set(names):
+        if not calibration_dir:
+            raise FormatError(
+                f"{', '.join(sorted(CALIBRATED & set(names)))} needs calibration images "
+                "(--calibration-images DIR: training images)"
+            )
+        calibration = calibration_batch(calibration_dir, info.image_size)
     metadata_path = os.path.join(export_dir, METADATA_FILE)
     with open(metadata_path, encoding="utf-8") as file:
         document = json.load(file)
     formats = dict(document.get("formats", {}))
     for name in names:
-        spec = FORMATS[name]
-        target = os.path.join(export_dir, spec.folder)
-        with staged_directory(target, ".convert-") as staging:
-            _CONVERTERS[name](export_dir, staging)
         formats[name] = {
-            "file": f"{spec.folder}/{spec.model_file}",
-            "sha256": {
-                f"{spec.folder}/{entry}": sha256_of(os.path.join(target, entry))
-                for entry in sorted(os.listdir(target))
-            },
+            **_write_format(export_dir, name, calibration),
             "converter": versions[name],
         }
-    document["formats"] = formats
-    with tempfile.NamedTemporaryFile(
-        "w", dir=export_dir, prefix=".petseg-json-", delete=False, encoding="utf-8"
-    ) as file:
-        json.dump(document, file, indent=2, sort_keys=True)
-    os.chmod(file.name, 0o644)  # as open() wrote it; a temporary file is the owner's alone
-    os.replace(file.name, metadata_path)
+    _replace_json(metadata_path, {**document, "formats": formats})
     return formats
 
 

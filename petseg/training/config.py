@@ -253,10 +253,15 @@ class TrainConfig:
             self.alpha in VALID_ALPHAS, f"alpha must be one of {VALID_ALPHAS}, got {self.alpha}"
         )
         require(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
-        from petseg.serving.formats import FORMATS
+        from petseg.serving.formats import CALIBRATED, FORMATS
 
         unknown = [name for name in self.serving_formats if name not in FORMATS]
         require(not unknown, f"unknown serving format(s) {unknown}; known: {sorted(FORMATS)}")
+        require(
+            not CALIBRATED & set(self.serving_formats),
+            "openvino-int8 needs calibration images: add it to the export with 'petseg "
+            "export-formats EXPORT --format openvino-int8 --calibration-images DIR'",
+        )
 
     def _check_schedule(self) -> None:
         require(self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}")

@@ -52,7 +52,7 @@ def test_the_worker_install_is_the_jobs_packages_only():
     assert not names & training
 
 
-@pytest.mark.parametrize("extra", [None, "train", "dev"])
+@pytest.mark.parametrize("extra", [None, "train", "dev", "openvino", "onnx"])
 def test_every_requirement_is_pinned_in_constraints_within_its_range(extra):
     pins = _pins()
     for requirement in _requirements(extra):
@@ -131,6 +131,23 @@ def test_the_generated_worker_requirements_pin_the_tested_closure():
     assert "pytest" not in closure and "petseg" not in closure
     # Every package of the worker install is pinned by constraints.txt, at that pin.
     assert {name: pins.get(name) for name in closure} == closure
+
+
+def test_a_serving_runtime_joins_the_worker_requirements_only_when_asked():
+    from petseg.cli.worker_requirements import worker_closure
+
+    assert "openvino" not in worker_closure() and "onnxruntime" not in worker_closure()
+    with_runtimes = worker_closure(["openvino", "onnx"])
+    assert with_runtimes["openvino"] == _pins()["openvino"]
+    assert with_runtimes["onnxruntime"] == _pins()["onnxruntime"]
+    # Converting is the training machine's work: tf2onnx stays off the workers.
+    assert "tf2onnx" not in with_runtimes
+
+
+def test_the_worker_image_installs_the_default_backend_runtime():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "ARG PETSEG_EXTRAS=openvino" in dockerfile
+    assert 'pip install -c constraints.txt ".[${PETSEG_EXTRAS}]"' in dockerfile
 
 
 def test_the_worker_requirements_command_prints_a_requirements_file():
