@@ -14,10 +14,12 @@ import pytest
 from petseg.serving import backends
 from petseg.serving.backends import BackendUnavailable, choose_backend, load_runtime
 from petseg.serving.export import read_model_info
-from petseg.serving.formats import FORMATS, FormatError, write_formats
+from petseg.serving.formats import FormatError, write_formats
 from tests.conftest import REPO_ROOT
 
 BATCH = 4
+# The formats that keep float32 arithmetic; int8 has a test of its own.
+FLOAT32 = ("onnx", "openvino")
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +53,7 @@ def test_petseg_json_lists_each_format_with_its_checksums_and_converter(converte
     assert {key: value for key, value in after.items() if key != "formats"} == before
 
 
-@pytest.mark.parametrize("backend", sorted(FORMATS))
+@pytest.mark.parametrize("backend", FLOAT32)
 def test_each_backend_answers_as_the_saved_model(converted, backend):
     reference, _ = load_runtime(str(converted), "tensorflow")
     runtime, info = load_runtime(str(converted), backend, batch_size=BATCH)
@@ -75,7 +77,7 @@ print(hashlib.sha256(runtime.probabilities(images).tobytes()).hexdigest())
 """
 
 
-@pytest.mark.parametrize("backend", sorted(FORMATS))
+@pytest.mark.parametrize("backend", FLOAT32)
 def test_a_backend_gives_the_same_bytes_in_every_process(converted, backend):
     digests = {
         subprocess.run(
@@ -145,3 +147,33 @@ def test_the_export_formats_command_adds_a_format_to_an_export(model_dir, tmp_pa
     error = capsys.readouterr().err.strip()
     assert error.startswith("petseg export-formats: error: model directory not found")
     assert "\n" not in error
+
+
+def test_int8_is_calibrated_on_the_images_given_and_refused_without_them(
+    model_dir, tmp_path, capsys
+):
+    from petseg.cli.main import main
+    from tests.images import gradient, jpeg
+
+    export_dir = tmp_path / "export"
+    shutil.copytree(model_dir, export_dir)
+    with pytest.raises(FormatError, match="openvino-int8 needs calibration images"):
+        write_formats(str(export_dir), ("openvino-int8",))
+    assert "formats" not in json.loads((export_dir / "petseg.json").read_text())
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(6):
+        (photos / f"{index}.jpg").write_bytes(jpeg(gradient(40 + index, 30)))
+    (photos / "notes.txt").write_text("not an image")
+    argv = ["export-formats", str(export_dir), "--format", "openvino-int8"]
+    assert main([*argv, "--calibration-images", str(photos)]) == 0
+    listing = json.loads((export_dir / "petseg.json").read_text())["formats"]["openvino-int8"]
+    assert listing["calibration_images"] == 6 and listing["converter"].startswith("nncf ")
+    runtime, _ = load_runtime(str(export_dir), "openvino-int8", batch_size=BATCH)
+    answer = runtime.probabilities(_images())
+    assert answer.shape == (BATCH, 64, 64, 3) and np.allclose(answer.sum(-1), 1.0, atol=1e-3)
+    # Opt-in only: auto never picks it, even where it is the only format.
+    assert choose_backend("auto", read_model_info(str(export_dir))) == "tensorflow"
+    capsys.readouterr()
+    assert main([*argv, "--calibration-images", str(tmp_path / "empty")]) == 2
+    assert "no calibration image decodes below" in capsys.readouterr().err

@@ -47,6 +47,7 @@ def test_config_refuses_unknown_keys_and_bad_values():
         ({"min_crop_scale": 0.05}, "min crop scale must be in"),
         ({"colour_jitter": 1.5}, "colour jitter must be in"),
         ({"serving_formats": ("tflite",)}, r"unknown serving format\(s\) \['tflite'\]"),
+        ({"serving_formats": ("openvino-int8",)}, "openvino-int8 needs calibration images"),
     ]:
         with pytest.raises(ConfigError, match=message):
             TrainConfig(**{**TINY, **settings})
