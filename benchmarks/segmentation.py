@@ -30,12 +30,13 @@ TWO_PROCESSES = ("--direct_running_mode", "multi_processing", "--direct_num_work
 
 
 def model_call(export_dir: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """The job's own model call (``ServingModel.probabilities``) on an export, and its side."""
+    """The job's own model call (``ServingModel.probabilities``) on an export's SavedModel,
+    and its side."""
     from petseg.beam.inference import ServingModel
-    from petseg.serving.export import load_serving_model
+    from petseg.serving.backends import load_runtime
 
-    serve, info = load_serving_model(export_dir)
-    return ServingModel(serve, info.model_id, info.image_size).probabilities, info.image_size
+    runtime, info = load_runtime(export_dir, "tensorflow")
+    return ServingModel(runtime, info.model_id, info.image_size).probabilities, info.image_size
 
 
 def serving_rate(call, image_size: int, batch_size: int, calls: int) -> dict[str, float]:

@@ -46,6 +46,14 @@ class DemoPlan:
     holdout_source: str | None  # an Oxford-layout folder whose test split is held out
 
 
+def _cpu_formats() -> tuple[str, ...]:
+    """The OpenVINO format, where its converter is installed: the job's ``--backend auto``
+    then runs the fastest CPU backend measured (docs/segment.md, "Backends")."""
+    from petseg.serving.formats import installed_formats
+
+    return ("openvino",) if "openvino" in installed_formats() else ()
+
+
 def plan(oxford_sample: str | None, encoder_weights: str | None, quick: bool) -> DemoPlan:
     """Picks real photos with ImageNet weights when both are present, else synthetic data."""
     if (
@@ -74,6 +82,7 @@ def plan(oxford_sample: str | None, encoder_weights: str | None, quick: bool) ->
             colour_jitter=0.1,
             validation_freq=1 if quick else 3,
             plot_examples=3,
+            serving_formats=_cpu_formats(),
         )
         return DemoPlan(
             "Oxford-IIIT Pet sample (trainval) with ImageNet MobileNetV2 weights",
@@ -90,6 +99,7 @@ def plan(oxford_sample: str | None, encoder_weights: str | None, quick: bool) ->
         batch_size=16,
         steps_per_epoch=2 if quick else None,
         plot_examples=3,
+        serving_formats=_cpu_formats(),
     )
     return DemoPlan("synthetic pets, random initialisation (no shared data found)", config, None)
 
@@ -173,9 +183,17 @@ def write_holdout(plan_: DemoPlan, folder: str, count: int) -> str:
     return folder
 
 
+def _segment(images: str, export_dir: str, output: str) -> dict:
+    """The Beam job on ``images``, with overlays; returns its summary."""
+    from petseg.cli.segment import run as run_segmentation
+
+    # A new model each time: the previous demo's masks are replaced, not refused.
+    flags = ["--input", images, "--model", export_dir, "--output", output]
+    return run_segmentation([*flags, "--overlays", "--overwrite"])
+
+
 def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dict:
     """Runs the whole demo into ``workdir`` and returns its headline figures."""
-    from petseg.cli.segment import run as run_segmentation
     from petseg.report import build_report
     from petseg.training.evaluate import evaluate_export
     from petseg.training.loop import train_and_evaluate
@@ -194,21 +212,11 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
     holdout = write_holdout(plan_, os.path.join(workdir, "holdout"), holdout_count)
     output = os.path.join(workdir, "segmented")
     print(f"[2/4] segmenting {holdout}/images with the Beam job (DirectRunner)", flush=True)
-    summary = run_segmentation(
-        [
-            "--input",
-            os.path.join(holdout, "images"),
-            "--model",
-            result.export_dir,
-            "--output",
-            output,
-            "--overlays",
-            # A new model each time: the previous demo's masks are replaced, not refused.
-            "--overwrite",
-        ]
-    )
+    summary = _segment(os.path.join(holdout, "images"), result.export_dir, output)
     print("[3/4] scoring the masks against the held-out trimaps at original resolution", flush=True)
-    scores = evaluate_export(result.export_dir, data_dir=holdout, split="test")
+    scores = evaluate_export(
+        result.export_dir, data_dir=holdout, split="test", backend=summary["backend"]
+    )
     with open(os.path.join(workdir, "holdout_scores.json"), "w", encoding="utf-8") as file:
         json.dump(scores, file, indent=2)
     print("[4/4] writing the report", flush=True)
@@ -229,6 +237,7 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
         "failed": summary["failed"],
         "reconciled": summary["reconciliation"]["ok"],
         "images_per_second": summary["images_per_second"],
+        "backend": summary["backend"],
         "fine_tune_epochs": config.fine_tune_epochs,
         "total_seconds": round(time.monotonic() - started, 1),
     }
@@ -249,7 +258,7 @@ def print_headlines(figures: dict) -> None:
         f"mean IoU {figures['mean_iou']:.3f} ({iou})\n"
         f"  Beam job         {figures['masks_written']} masks written, {figures['failed']} failed, "
         f"of {figures['matched']} matched (reconciled: {figures['reconciled']}), "
-        f"{figures['images_per_second']:.1f} images/s"
+        f"{figures['images_per_second']:.1f} images/s on {figures['backend']}"
     )
 
 

@@ -208,7 +208,7 @@ def test_a_model_that_cannot_load_on_the_workers_fails_the_job(
     def unloadable(export_dir):
         raise OSError(errno.EIO, "Input/output error", f"{export_dir}/variables")
 
-    monkeypatch.setattr("petseg.serving.export.load_serving_model", unloadable)
+    monkeypatch.setattr("petseg.serving.backends.load_serving_model", unloadable)
     output = tmp_path / "out"
     assert segment_job.main(job_argv(inputs, model_dir, output)) == 1
     (line,) = _error_lines(capsys.readouterr().err)

@@ -215,6 +215,7 @@ def test_main_fails_when_the_files_do_not_reconcile(tree, model_dir, tmp_path, c
             "failed": 1,
             "wall_time_s": 1.0,
             "images_per_second": 3.0,
+            "backend": "tensorflow",
             "reconciliation": {
                 "ok": False,
                 "rule": "matched == masks_written + failed",

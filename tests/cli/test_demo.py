@@ -28,6 +28,8 @@ def test_quick_demo_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypa
     printed = capsys.readouterr().out
     for line in ("model export", "masks", "report", "held-out scores", "4 masks written, 0 failed"):
         assert line in printed
+    # The demo exports the OpenVINO format, so the job's auto backend runs it.
+    assert "images/s on openvino" in printed
     output = tmp_path / "demo" / "segmented"
     summary = json.loads((output / "summary.json").read_text())
     assert summary["matched"] == summary["masks_written"] == 4 and summary["reconciliation"]["ok"]
@@ -35,6 +37,7 @@ def test_quick_demo_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypa
     assert (output / "report.html").stat().st_size > 10_000
     scores = json.loads((tmp_path / "demo" / "holdout_scores.json").read_text())
     assert scores["images"] == 4 and 0.0 <= scores["mean_iou"] <= 1.0
+    assert summary["backend"] == scores["backend"] == "openvino"
 
 
 @pytest.mark.parametrize(
