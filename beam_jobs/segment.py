@@ -48,13 +48,9 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from petseg.beam.job import prepare_job
 from petseg.beam.pipeline import run_job
 from petseg.cli import segment as command
-from petseg.cli.segment import parse_known_args
+from petseg.cli.segment import checked_job
 
 
 def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
@@ -65,17 +61,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
     is built and run. ``save_main_session`` is Beam's option: the job's DoFns live in
     ``petseg``, so the driver's globals need not travel.
     """
-    config, beam_args = parse_known_args(argv)
-    # The driver's own reads and writes (the checks, the run record) go through
-    # the filesystems Beam's flags configure (--s3_endpoint_url and the like).
-    FileSystems.set_options(PipelineOptions(beam_args))
-    return run_job(
-        prepare_job(config),
-        beam_args,
-        overwrite=config.overwrite,
-        progress_interval=config.progress_interval,
-        save_main_session=save_main_session,
-    )
+    job, beam_args = checked_job(argv)
+    return run_job(job, beam_args, save_main_session=save_main_session)
 
 
 def main(argv: list[str] | None = None) -> int:

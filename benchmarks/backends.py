@@ -125,10 +125,9 @@ def test_split(model: str, workdir: str) -> dict | None:
     differs from TensorFlow's; ``None`` without ``PETSEG_OXFORD_SAMPLE``."""
     from petseg.serving.backends import load_runtime
     from petseg.serving.export import read_model_info
-    from petseg.serving.upsample import probabilities_to_mask
-    from petseg.training.data.files import lookup_table, read_labelled
     from petseg.training.data.oxford import TRIMAP_TO_CLASS, oxford_examples
-    from petseg.training.metrics import confusion_matrix, metrics_from_confusion
+    from petseg.training.evaluate import evaluate_examples
+    from petseg.training.metrics import metrics_from_confusion
 
     data_dir = os.environ.get("PETSEG_OXFORD_SAMPLE", "")
     if not os.path.isdir(data_dir):
@@ -136,18 +135,19 @@ def test_split(model: str, workdir: str) -> dict | None:
     calibration = trainval_images(data_dir, os.path.join(workdir, "calibration-trainval"))
     name = read_model_info(model).model_id
     export_dir = converted_model(model, os.path.join(workdir, f"{name}-formats"), calibration)
-    table = lookup_table(TRIMAP_TO_CLASS)
     examples = oxford_examples(data_dir, "test")
     results, reference = {}, None
     for backend in BACKENDS:
         runtime, info = load_runtime(export_dir, backend)
-        matrix = np.zeros((info.num_classes, info.num_classes), np.int64)
-        masks = []
-        for example in examples:
-            pixels, label = read_labelled(example, table, info.image_size)
-            probabilities = runtime.probabilities(pixels[np.newaxis])[0]
-            masks.append(probabilities_to_mask(probabilities, label.shape))
-            matrix += confusion_matrix(label, masks[-1], info.num_classes)
+        masks: list[np.ndarray] = []
+        matrix, _ = evaluate_examples(
+            runtime.probabilities,
+            examples,
+            info.image_size,
+            TRIMAP_TO_CLASS,
+            info.num_classes,
+            each_mask=masks.append,
+        )
         reference = reference or masks
         differing = sum(int((a != b).sum()) for a, b in zip(masks, reference, strict=True))
         metrics = metrics_from_confusion(matrix, info.class_names)
@@ -156,7 +156,7 @@ def test_split(model: str, workdir: str) -> dict | None:
             "mean_iou": metrics["mean_iou"],
             "iou": metrics["iou"],
             "differing_pixel_share": differing / sum(mask.size for mask in masks),
-            "images": len(examples),
+            "images": len(masks),
             "model_id": info.model_id,
         }
     return results

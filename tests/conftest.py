@@ -45,6 +45,20 @@ def model_dir(tmp_path_factory) -> pathlib.Path:
     return shared_tiny_model(tmp_path_factory)
 
 
+@pytest.fixture(scope="session")
+def converted(model_dir, tmp_path_factory) -> pathlib.Path:
+    """A copy of the tiny export with its OpenVINO and ONNX formats, per session; tests
+    that change it work on a copy of their own."""
+    import shutil
+
+    from petseg.serving.formats import write_formats
+
+    export_dir = tmp_path_factory.mktemp("formats") / "export"
+    shutil.copytree(model_dir, export_dir)
+    write_formats(str(export_dir), ("openvino", "onnx"))
+    return export_dir
+
+
 @pytest.fixture(scope="module")
 def store():
     """``(endpoint URL, boto3 client)`` of an S3 server on localhost with a bucket

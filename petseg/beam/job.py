@@ -145,6 +145,8 @@ class SegmentJob:
       num_shards: JSON Lines shards of stats and errors.
       backend: the runtime that runs the model, ``auto`` resolved
         (:func:`petseg.serving.backends.choose_backend`).
+      overwrite: replace another run's outputs in OUT instead of refusing them.
+      progress_interval: seconds between progress lines on the DirectRunner (0: none).
       share_model, model_copies, accelerator: how workers hold the model
         (see :class:`~petseg.beam.inference.PetsegModelHandler`).
     """
@@ -166,6 +168,8 @@ class SegmentJob:
     accelerator: str | None = None
     stats_format: str = "jsonl"
     backend: str = "tensorflow"
+    overwrite: bool = False
+    progress_interval: float = 0.0
 
 
 def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -352,4 +356,6 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
         accelerator=config.accelerator or None,
         stats_format=config.stats_format,
         backend=backend,
+        overwrite=config.overwrite,
+        progress_interval=config.progress_interval,
     )

@@ -255,20 +255,13 @@ def default_threads(options: PipelineOptions) -> int | None:
 
 
 def run_job(
-    job: SegmentJob,
-    beam_args: list[str],
-    *,
-    overwrite: bool = False,
-    progress_interval: float = 0.0,
-    save_main_session: bool = False,
+    job: SegmentJob, beam_args: list[str], *, save_main_session: bool = False
 ) -> dict[str, Any]:
     """Claims OUT for ``job``, runs it, and returns its summary (as in ``OUT/summary.json``).
 
     Args:
       job: the checked job (:func:`petseg.beam.job.prepare_job`).
       beam_args: Beam's flags, for ``PipelineOptions``.
-      overwrite: replace another run's outputs in OUT instead of refusing them.
-      progress_interval: seconds between progress lines on the DirectRunner (0: none).
       save_main_session: Beam's option; the job's code lives in ``petseg``,
         which workers import, so it can stay off.
 
@@ -279,7 +272,7 @@ def run_job(
         cancelled; rerunning the same command resumes.
     """
     try:
-        claim_output(job, overwrite=overwrite)
+        claim_output(job, overwrite=job.overwrite)
     except EnvironmentFault as error:
         raise JobFailedError(fault_message(error) or str(error)) from error
     options = PipelineOptions(beam_args)
@@ -291,8 +284,9 @@ def run_job(
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, job)
     started = time.monotonic()
-    if runner in DIRECT_RUNNERS and progress_interval > 0:
-        with ProgressReporter(join_path(job.output, MASKS_DIR), job.matched, progress_interval):
+    if runner in DIRECT_RUNNERS and job.progress_interval > 0:
+        interval = job.progress_interval
+        with ProgressReporter(join_path(job.output, MASKS_DIR), job.matched, interval):
             _run_pipeline(pipeline)
     else:
         _run_pipeline(pipeline)

@@ -19,7 +19,13 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from petseg.beam.faults import FAULT_PREFIX
 from petseg.beam.io import join_path
-from petseg.beam.job import DEFAULT_BATCH_SIZE, SegmentConfig, SegmentConfigError, prepare_job
+from petseg.beam.job import (
+    DEFAULT_BATCH_SIZE,
+    SegmentConfig,
+    SegmentConfigError,
+    SegmentJob,
+    prepare_job,
+)
 from petseg.beam.layout import ERRORS_DIR
 from petseg.beam.pipeline import JobFailedError, run_job
 from petseg.cli.flags import (
@@ -71,6 +77,19 @@ def parse_known_args(argv: list[str] | None) -> tuple[SegmentConfig, list[str]]:
     return SegmentConfig(**{**values, "input": tuple(values["input"])}), beam_args
 
 
+def checked_job(argv: list[str] | None) -> tuple[SegmentJob, list[str]]:
+    """The job its flags describe, checked whole (model, inputs, OUT), and Beam's flags.
+
+    Raises:
+      SegmentConfigError: a flag, the model, an input or the output is unusable.
+    """
+    config, beam_args = parse_known_args(argv)
+    # The driver's own reads and writes (the checks, the run record) go through
+    # the filesystems Beam's flags configure (--s3_endpoint_url and the like).
+    FileSystems.set_options(PipelineOptions(beam_args))
+    return prepare_job(config), beam_args
+
+
 def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[str, Any]:
     """Runs the segmentation job from its flags and returns its summary.
 
@@ -84,17 +103,8 @@ def run(argv: list[str] | None = None, save_main_session: bool = False) -> dict[
       JobFailedError: the job failed on a fault of its environment; rerunning
         the same command resumes.
     """
-    config, beam_args = parse_known_args(argv)
-    # The driver's own reads and writes (the checks, the run record) go through
-    # the filesystems Beam's flags configure (--s3_endpoint_url and the like).
-    FileSystems.set_options(PipelineOptions(beam_args))
-    return run_job(
-        prepare_job(config),
-        beam_args,
-        overwrite=config.overwrite,
-        progress_interval=config.progress_interval,
-        save_main_session=save_main_session,
-    )
+    job, beam_args = checked_job(argv)
+    return run_job(job, beam_args, save_main_session=save_main_session)
 
 
 def segment_images(

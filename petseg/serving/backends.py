@@ -79,11 +79,15 @@ def choose_backend(requested: str, info: ModelInfo, gpu: bool = False) -> str:
     if requested not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {requested!r}; known: {', '.join(BACKENDS)}")
     if requested != TENSORFLOW and requested not in formats:
-        raise BackendUnavailable(
-            f"{info.export_dir} has no {requested} format; add it with "
-            f"'petseg export-formats {info.export_dir} --format {requested}'"
-        )
+        raise _format_missing(info, requested)
     return requested
+
+
+def _format_missing(info: ModelInfo, backend: str) -> BackendUnavailable:
+    return BackendUnavailable(
+        f"{info.export_dir} has no {backend} format; add it with "
+        f"'petseg export-formats {info.export_dir} --format {backend}'"
+    )
 
 
 def _require_runtime(backend: str) -> None:
@@ -117,8 +121,6 @@ class OpenVINORuntime:
     per process, so each thread of a worker process gets its own request of the
     one compiled model.
     """
-
-    name = "openvino"
 
     def __init__(
         self, model_file: str, image_size: int, batch_size: int | None, name: str = "openvino"
@@ -184,7 +186,7 @@ def load_runtime(
     info = read_model_info(export_dir)
     listing = info.metadata.get("formats", {}).get(backend)
     if listing is None:
-        choose_backend(backend, info)  # raises, naming the command that adds it
+        raise _format_missing(info, backend)
     model_file = verify_format(local_copy(export_dir), listing)
     try:
         if FORMATS[backend].runtime_module == "openvino":

@@ -77,14 +77,14 @@ def sha256_of(path: str) -> str:
     return digest.hexdigest()
 
 
-def _convert_openvino(export_dir: str, folder: str) -> None:
+def _convert_openvino(export_dir: str, folder: str, calibration=None) -> None:
     import openvino as ov
 
     model = ov.convert_model(export_dir)
     ov.save_model(model, os.path.join(folder, "model.xml"), compress_to_fp16=False)
 
 
-def _convert_onnx(export_dir: str, folder: str) -> None:
+def _convert_onnx(export_dir: str, folder: str, calibration=None) -> None:
     # tf2onnx converts a SavedModel from its command line only; in a child process the
     # conversion's graphs also leave this process's memory with it.
     command = [
@@ -136,7 +136,12 @@ def _convert_openvino_int8(export_dir: str, folder: str, calibration) -> None:
     ov.save_model(model, os.path.join(folder, "model.xml"), compress_to_fp16=False)
 
 
-_CONVERTERS = {"openvino": _convert_openvino, "onnx": _convert_onnx}
+# Format -> (export folder, folder to fill, calibration images or None).
+_CONVERTERS = {
+    "openvino": _convert_openvino,
+    "onnx": _convert_onnx,
+    "openvino-int8": _convert_openvino_int8,
+}
 
 
 def converter_version(name: str) -> str:
@@ -146,24 +151,24 @@ def converter_version(name: str) -> str:
       FormatError: the converter is not installed.
     """
     spec = FORMATS[name]
-    try:
-        return f"{spec.converter} {importlib.metadata.version(spec.converter)}"
-    except importlib.metadata.PackageNotFoundError:
+    version = _installed_version(spec.converter)
+    if version is None:
         raise FormatError(
             f"writing the {name} format needs {spec.converter}: install petseg[train,{spec.extra}]"
-        ) from None
+        )
+    return f"{spec.converter} {version}"
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def installed_formats() -> tuple[str, ...]:
     """The formats whose converter is installed here."""
-    found = []
-    for name, spec in FORMATS.items():
-        try:
-            importlib.metadata.version(spec.converter)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-        found.append(name)
-    return tuple(found)
+    return tuple(name for name, spec in FORMATS.items() if _installed_version(spec.converter))
 
 
 def _write_format(export_dir: str, name: str, calibration) -> dict:
@@ -171,10 +176,7 @@ def _write_format(export_dir: str, name: str, calibration) -> dict:
     spec = FORMATS[name]
     target = os.path.join(export_dir, spec.folder)
     with staged_directory(target, ".convert-") as staging:
-        if name in CALIBRATED:
-            _convert_openvino_int8(export_dir, staging, calibration)
-        else:
-            _CONVERTERS[name](export_dir, staging)
+        _CONVERTERS[name](export_dir, staging, calibration)
     listing = {
         "file": f"{spec.folder}/{spec.model_file}",
         "sha256": {

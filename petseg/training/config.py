@@ -42,18 +42,8 @@ def precision_setting(mixed_precision: str | bool) -> str:
 
 
 def parse_serving_formats(text: str) -> tuple[str, ...]:
-    """``"openvino,onnx"`` -> ``("openvino", "onnx")``; ``""`` -> none.
-
-    Raises:
-      ValueError: a format petseg does not write.
-    """
-    from petseg.serving.formats import FORMATS
-
-    names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in FORMATS]
-    if unknown:
-        raise ValueError(f"unknown serving format(s) {unknown}; known: {sorted(FORMATS)}")
-    return names
+    """``"openvino,onnx"`` -> ``("openvino", "onnx")``; ``""`` -> none (checked by the config)."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
 
 
 def parse_class_weights(text: str) -> tuple[float, ...]:
@@ -223,12 +213,8 @@ class TrainConfig:
         if self.class_weights is not None:
             object.__setattr__(self, "class_weights", tuple(float(w) for w in self.class_weights))
         object.__setattr__(self, "mixed_precision", precision_setting(self.mixed_precision))
-        formats = self.serving_formats
-        if isinstance(formats, str):
-            formats = formats.split(",")
-        object.__setattr__(
-            self, "serving_formats", tuple(name.strip() for name in formats if name.strip())
-        )
+        # From JSON (petseg.json, a resumed run's config) a list; a tuple like the flag's.
+        object.__setattr__(self, "serving_formats", tuple(self.serving_formats))
         self._check()
 
     def _check(self) -> None:

@@ -62,6 +62,7 @@ def evaluate_examples(
     image_size: int,
     value_map: dict[int, int],
     num_classes: int = len(CLASS_NAMES),
+    each_mask: Callable[[np.ndarray], object] | None = None,
 ) -> tuple[np.ndarray, list[tuple[str, str]]]:
     """Confusion matrix of ``predict`` over labelled files, at original resolution.
 
@@ -71,6 +72,7 @@ def evaluate_examples(
       image_size: the model's side S.
       value_map: stored label value -> class index.
       num_classes: C.
+      each_mask: called with each predicted class map at original resolution, in order.
 
     Returns:
       ``(matrix int64 [C, C], skipped)`` where ``skipped`` lists
@@ -93,6 +95,8 @@ def evaluate_examples(
         for (_, mask), image_probabilities in zip(labelled, probabilities, strict=True):
             predicted = probabilities_to_mask(image_probabilities, mask.shape)
             matrix += confusion_matrix(mask, predicted, num_classes)
+            if each_mask is not None:
+                each_mask(predicted)
     return matrix, skipped
 
 

@@ -4,7 +4,6 @@ the backend in the run record, and a worker without the runtime failing in one l
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -12,7 +11,6 @@ import pytest
 
 from beam_jobs import segment as segment_job
 from petseg.serving import backends
-from petseg.serving.formats import write_formats
 from tests.beam_helpers import job_argv, snapshot, write_image_tree
 from tests.conftest import REPO_ROOT
 
@@ -23,14 +21,6 @@ FAILURES_ALLOWED = ("--max-failed-fraction", "1")
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
     return write_image_tree(tmp_path_factory.mktemp("backend-tree"))
-
-
-@pytest.fixture(scope="module")
-def converted(model_dir, tmp_path_factory):
-    export_dir = tmp_path_factory.mktemp("backend-model") / "export"
-    shutil.copytree(model_dir, export_dir)
-    write_formats(str(export_dir), ("openvino", "onnx"))
-    return export_dir
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,6 @@ BATCH = 4
 FLOAT32 = ("onnx", "openvino")
 
 
-@pytest.fixture(scope="module")
-def converted(model_dir, tmp_path_factory):
-    """A copy of the tiny export with both formats written."""
-    export_dir = tmp_path_factory.mktemp("formats") / "export"
-    shutil.copytree(model_dir, export_dir)
-    write_formats(str(export_dir), ("openvino", "onnx"))
-    return export_dir
-
-
 def _images(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (BATCH, 64, 64, 3), dtype=np.uint8)
 
