@@ -30,6 +30,8 @@ setup(
         # Beam caps Pillow below 13.
         "pillow>=10,<13",
         "numpy>=1.26,<3",
+        # COCO's compressed RLE masks, for the job's --coco output (petseg/labels/coco.py).
+        "pycocotools>=2.0.8,<3",
     ],
     extras_require={
         # Training, evaluation and the report, on the machine that trains or submits.
@@ -52,11 +54,14 @@ setup(
         # export's format of its name, and converts the SavedModel into it.
         "openvino": ["openvino>=2025.3,<2027"],
         "onnx": ["onnxruntime>=1.20,<2"],
+        # Label Studio's brush RLE (its own converter): `petseg review` writes tasks with it,
+        # and training reads Label Studio exports (petseg/labels/labelstudio.py).
+        "labels": ["label-studio-converter>=0.0.57,<0.1"],
         # Writing the int8 OpenVINO format (post-training quantization); running it needs
         # the openvino extra only.
         "quantize": ["nncf>=2.16,<4"],
         "dev": [
-            "petseg[train,openvino,onnx,quantize]",
+            "petseg[train,openvino,onnx,quantize,labels]",
             "pytest>=8,<10",
             "ruff>=0.6",
             "hypothesis>=6.100,<7",

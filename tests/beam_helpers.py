@@ -118,15 +118,16 @@ def expected_mask(model, data: bytes, batch_size: int) -> np.ndarray:
     batch = np.zeros((batch_size, MODEL_SIZE, MODEL_SIZE, 3), np.uint8)
     batch[0] = pixels
     probabilities = model(images=tf.constant(batch))["probabilities"].numpy()[0]
-    mask, _ = segment(probabilities, height, width)
+    mask, _, _ = segment(probabilities, height, width)
     return mask
 
 
 def snapshot(output: pathlib.Path) -> dict[str, bytes]:
-    """Every mask, overlay, statistics and errors file below ``output``, by relative path."""
+    """Every mask, overlay, statistics, errors and COCO shard file below ``output``, by
+    relative path."""
     return {
         str(path.relative_to(output)): path.read_bytes()
-        for folder in ("masks", "overlays", "stats", "errors")
+        for folder in ("masks", "overlays", "stats", "errors", "coco")
         for path in sorted((output / folder).rglob("*"))
         if path.is_file()
     }

@@ -193,7 +193,7 @@ def test_no_function_in_petseg_is_over_sixty_lines():
     assert long == []
 
 
-SUB_PACKAGES = ("beam", "cli", "serving", "training")
+SUB_PACKAGES = ("beam", "cli", "labels", "serving", "training")
 
 
 @pytest.mark.parametrize("package", SUB_PACKAGES)

@@ -17,6 +17,7 @@ there. ``beam_jobs/segment.py`` is the driver; its flags are
 - :mod:`petseg.beam.stats`: per-image statistics and the run's summary
 - :mod:`petseg.beam.tables`, :mod:`petseg.beam.shards`: JSON Lines or Parquet tables, in sorted shards
 - :mod:`petseg.beam.resume`: reusing the masks a previous run committed, pruning stale ones
+- :mod:`petseg.beam.coco`: COCO records of the masks (``--coco``), and ``OUT/coco.json``
 - :mod:`petseg.beam.runrecord`: one run per OUT
 - :mod:`petseg.beam.progress`: a progress line for local runs
 - :mod:`petseg.beam.job`: the job's settings, checked before anything runs

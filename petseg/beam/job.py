@@ -105,6 +105,15 @@ class SegmentConfig:
         choices=("auto", *BACKENDS),
     )
     overlays: bool = option(False, "also write colour overlays under OUT/overlays/")
+    coco: bool = option(
+        False,
+        "also write OUT/coco.json: COCO annotations, one per image and foreground class, "
+        "with compressed RLE masks (docs/labels.md)",
+    )
+    coco_classes: str = option(
+        "",
+        "the classes --coco annotates, comma-separated (default: every class but background)",
+    )
     stats_format: str = option(
         "jsonl",
         "statistics and errors as JSON Lines or as Parquet (columns per class: pixels_<class>, "
@@ -149,6 +158,7 @@ class SegmentJob:
       progress_interval: seconds between progress lines on the DirectRunner (0: none).
       share_model, model_copies, accelerator: how workers hold the model
         (see :class:`~petseg.beam.inference.PetsegModelHandler`).
+      coco_classes: the class indices ``OUT/coco.json`` annotates; empty: no COCO.
     """
 
     inputs: list[InputSpec]
@@ -170,6 +180,7 @@ class SegmentJob:
     backend: str = "tensorflow"
     overwrite: bool = False
     progress_interval: float = 0.0
+    coco_classes: tuple[int, ...] = ()
 
 
 def parse_extensions(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -274,6 +285,29 @@ def _checked_limits(config: SegmentConfig) -> int:
     return min_batch_size
 
 
+def coco_classes(config: SegmentConfig, class_names: Sequence[str]) -> tuple[int, ...]:
+    """The class indices ``--coco`` annotates; empty without ``--coco``.
+
+    Raises:
+      SegmentConfigError: ``--coco-classes`` without ``--coco``, or naming no
+        class or a class the model does not have.
+    """
+    if not config.coco:
+        if config.coco_classes.strip():
+            raise SegmentConfigError("--coco-classes needs --coco")
+        return ()
+    if not config.coco_classes.strip():
+        return tuple(i for i, name in enumerate(class_names) if name != "background")
+    names = [name.strip() for name in config.coco_classes.split(",") if name.strip()]
+    unknown = [name for name in names if name not in class_names]
+    if unknown or not names:
+        raise SegmentConfigError(
+            f"--coco-classes {config.coco_classes!r} names no class or a class the model does "
+            f"not have ({', '.join(unknown)}); its classes: {', '.join(class_names)}"
+        )
+    return tuple(sorted({class_names.index(name) for name in names}))
+
+
 def _workers_have_gpu(config: SegmentConfig) -> bool:
     """Whether the model will run on GPUs: the job asks for an accelerator, or this
     machine, where local runners run it, has one."""
@@ -337,6 +371,7 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
     matched = count_matches(specs, extension_list)
     output_location = normalise_location(output)
     check_output(output_location, specs)
+    annotated = coco_classes(config, model.class_names)
     backend = _checked_backend(config, model)
     return SegmentJob(
         inputs=specs,
@@ -358,4 +393,5 @@ def prepare_job(config: SegmentConfig) -> SegmentJob:
         backend=backend,
         overwrite=config.overwrite,
         progress_interval=config.progress_interval,
+        coco_classes=annotated,
     )

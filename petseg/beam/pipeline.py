@@ -23,12 +23,13 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineState
 
+from petseg.beam.coco import WriteCoco, assemble_coco
 from petseg.beam.decode import DecodeImages
 from petseg.beam.faults import EnvironmentFault, engine_failure_message, fault_message
 from petseg.beam.inference import InferProbabilities, PetsegModelHandler
 from petseg.beam.io import AssignMaskPaths, MatchImages, join_path
 from petseg.beam.job import SegmentJob
-from petseg.beam.layout import ERRORS_DIR, MASKS_DIR, STATS_DIR, SUMMARY_FILE
+from petseg.beam.layout import COCO_FILE, ERRORS_DIR, MASKS_DIR, STATS_DIR, SUMMARY_FILE
 from petseg.beam.masks import PostprocessMasks
 from petseg.beam.progress import ProgressReporter
 from petseg.beam.records import error_line
@@ -38,7 +39,13 @@ from petseg.beam.shards import WriteTable
 from petseg.beam.stats import ComputeImageStatsFn, CountErrorsFn, SummarizeRun, stats_line
 from petseg.beam.tables import errors_format, stats_format
 from petseg.beam.threaded import available_cores
-from petseg.beam.write import WriteMasks, read_json, write_json, write_summary
+from petseg.beam.write import (
+    WriteMasks,
+    delete_if_present,
+    read_json,
+    write_json,
+    write_summary,
+)
 
 DIRECT_RUNNERS = (
     None,
@@ -68,6 +75,10 @@ def build_pipeline(pipeline: beam.Pipeline, job: SegmentJob) -> None:
     # would feed from its memory, every record at once.
     records = (segmented.records, resumed.reused_records)
     _ = (records, errors) | "WriteTables" >> WriteTables(job)
+    if job.coco_classes:
+        _ = records | "WriteCoco" >> WriteCoco(
+            job.output, job.coco_classes, job.num_shards, job.threads, _in_flight(job)
+        )
     _ = (
         sources,
         segmented.records,
@@ -149,7 +160,7 @@ class Segment(beam.PTransform):
         )
         predictions = model_inputs | "RunInference" >> InferProbabilities(_model_handler(job))
         segmentations, postprocess_errors = predictions | "PostprocessMasks" >> PostprocessMasks(
-            job.threads, in_flight
+            job.threads, in_flight, per_class=bool(job.coco_classes)
         )
         written, write_errors = segmentations | "WriteMasks" >> WriteMasks(
             job.output,
@@ -301,9 +312,12 @@ def _finish(job: SegmentJob, wall_time_s: float) -> dict[str, Any]:
     """Adds the driver's figures to the summary and clears what the run left behind."""
     # Timing lives only in summary.json: statistics and masks stay byte-identical on reruns.
     summary_path = join_path(job.output, SUMMARY_FILE)
+    coco = _assemble_coco(job, summary_path) if job.coco_classes else None
     summary = read_json(summary_path)
     summary["inputs"] = [spec.pattern for spec in job.inputs]
     summary["backend"] = job.backend
+    if coco is not None:
+        summary["coco"] = coco
     summary["wall_time_s"] = round(wall_time_s, 3)
     summary["images_per_second"] = (
         round(summary["matched"] / wall_time_s, 3) if wall_time_s else 0.0
@@ -311,3 +325,17 @@ def _finish(job: SegmentJob, wall_time_s: float) -> dict[str, Any]:
     write_json(summary_path, summary)
     remove_leftovers(job, pruned=summary["masks_pruned"] > 0)
     return summary
+
+
+def _assemble_coco(job: SegmentJob, summary_path: str) -> dict[str, Any]:
+    """Writes ``OUT/coco.json``; returns its part of the summary. Until it is
+    written the run is not done, so a failure takes the summary away too."""
+    names = job.model.class_names
+    try:
+        counts = assemble_coco(
+            job.output, job.num_shards, names, job.coco_classes, job.model.model_id
+        )
+    except EnvironmentFault:
+        delete_if_present(summary_path)
+        raise
+    return {"file": COCO_FILE, "classes": [names[index] for index in job.coco_classes], **counts}

@@ -65,11 +65,14 @@ class Segmentation:
       key: where the image came from.
       mask: ``uint8 [H, W]`` class indices.
       mean_confidence: mean over pixels of the winning class's probability.
+      class_confidence: each class's mean probability over the pixels given
+        that class, when the job writes COCO (their scores); else empty.
     """
 
     key: ImageKey
     mask: np.ndarray = field(compare=False, repr=False)
     mean_confidence: float
+    class_confidence: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,8 @@ from petseg.beam.faults import environment_fault
 from petseg.beam.io import join_path
 from petseg.beam.job import SegmentConfigError, SegmentJob
 from petseg.beam.layout import (
+    COCO_DIR,
+    COCO_FILE,
     ERRORS_DIR,
     MASKS_DIR,
     OVERLAYS_DIR,
@@ -41,8 +43,9 @@ from petseg.beam.write import delete_if_present, read_json, write_json
 from petseg.storage import is_present, is_remote
 
 RECORD_FORMAT = 1
-OUTPUT_FOLDERS = (MASKS_DIR, OVERLAYS_DIR, STATS_DIR, ERRORS_DIR)
-OUTPUT_FILES = (SUMMARY_FILE, REPORT_FILE)
+OUTPUT_FOLDERS = (MASKS_DIR, OVERLAYS_DIR, STATS_DIR, ERRORS_DIR, COCO_DIR)
+# Written once a run is done, so removed as the next one starts.
+OUTPUT_FILES = (SUMMARY_FILE, REPORT_FILE, COCO_FILE)
 # How each field of the record is named when it differs.
 _FIELD_NAMES = {
     "format": "the record's format",
@@ -57,6 +60,7 @@ _FIELD_NAMES = {
     "overlays": "--overlays",
     "stats_format": "--stats-format",
     "backend": "the backend",
+    "coco": "--coco/--coco-classes",
 }
 
 
@@ -76,6 +80,7 @@ def run_record(job: SegmentJob) -> dict[str, Any]:
         "stats_format": job.stats_format,
         # Backends may differ in a probability's last bits, so in a pixel on a near tie.
         "backend": job.backend,
+        "coco": [job.model.class_names[index] for index in job.coco_classes] or None,
     }
 
 
@@ -128,8 +133,8 @@ def read_record(output: str) -> dict[str, Any] | None:
         ) from None
     if not isinstance(record, dict):
         return {}
-    # Records written before backends were named are TensorFlow's.
-    return {**record, "backend": record.get("backend", "tensorflow")}
+    # Records written before backends were named are TensorFlow's; before COCO, without it.
+    return {**record, "backend": record.get("backend", "tensorflow"), "coco": record.get("coco")}
 
 
 def claim_output(job: SegmentJob, overwrite: bool = False) -> bool:
@@ -176,12 +181,14 @@ def remove_leftovers(job: SegmentJob, pruned: bool) -> None:
       job: the job that finished.
       pruned: whether it deleted masks (only then can folders be left empty).
     """
-    for folder, prefix in ((STATS_DIR, "stats"), (ERRORS_DIR, "errors")):
+    tables = [(STATS_DIR, "stats", job.stats_format), (ERRORS_DIR, "errors", job.stats_format)]
+    if job.coco_classes:
+        tables.append((COCO_DIR, "coco", "jsonl"))
+    for folder, prefix, suffix in tables:
         directory = join_path(job.output, folder)
         remove_spills(directory)
         keep = {
-            shard_name(directory, prefix, i, job.num_shards, job.stats_format)
-            for i in range(job.num_shards)
+            shard_name(directory, prefix, i, job.num_shards, suffix) for i in range(job.num_shards)
         }
         try:
             listed = FileSystems.match([join_path(directory, "*")])[0].metadata_list

@@ -68,6 +68,8 @@ class MaskProvenance:
         of probabilities, so masks made at another shape are not reused).
       mean_confidence: the image's mean confidence, rounded as statistics
         report it, so a resumed run rebuilds byte-identical statistics.
+      class_confidence: each class's mean confidence over its pixels (COCO's
+        scores), in runs that write COCO; empty otherwise, and then not written.
     """
 
     source: str
@@ -75,9 +77,13 @@ class MaskProvenance:
     model_id: str
     batch_size: int
     mean_confidence: float
+    class_confidence: tuple[float, ...] = ()
 
     def to_text(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        fields = asdict(self)
+        if not self.class_confidence:
+            del fields["class_confidence"]
+        return json.dumps(fields, sort_keys=True)
 
     @classmethod
     def from_text(cls, text: str) -> MaskProvenance:
@@ -94,6 +100,7 @@ class MaskProvenance:
                 model_id=str(fields["model_id"]),
                 batch_size=int(fields["batch_size"]),
                 mean_confidence=float(fields["mean_confidence"]),
+                class_confidence=tuple(float(v) for v in fields.get("class_confidence", ())),
             )
         except (TypeError, KeyError, json.JSONDecodeError) as error:
             raise ValueError(f"not a petseg provenance chunk: {error}") from None
@@ -269,6 +276,7 @@ class WriteMaskFn(ThreadedDoFn):
             model_id=self._model_id,
             batch_size=self._batch_size,
             mean_confidence=round(segmentation.mean_confidence, CONFIDENCE_DECIMALS),
+            class_confidence=segmentation.class_confidence,
         )
         try:
             # The overlay goes first: a mask on disk then always means "done".

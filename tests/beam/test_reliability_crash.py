@@ -7,6 +7,8 @@ mask) do not look like masks. The rerun must then complete with masks,
 statistics and errors byte-identical to an uninterrupted run into a fresh
 folder, and the same summary apart from its timing and reuse fields, having
 inferred only the images whose masks the killed run had not committed.
+The job writes COCO too (``--coco``): the killed run leaves no ``coco.json``,
+and the rerun's is byte-identical to the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import pytest
 from PIL import Image
 
 from beam_jobs import segment as segment_job
-from petseg.beam.layout import TEMP_MARKER
+from petseg.beam.layout import COCO_FILE, TEMP_MARKER
 from tests.beam_helpers import job_argv, snapshot
 from tests.conftest import REPO_ROOT as REPO
 from tests.images import gradient, jpeg
@@ -55,7 +57,7 @@ def inputs(tmp_path_factory):
 
 
 def _argv(inputs, model_dir, output) -> list[str]:
-    return job_argv(inputs, model_dir, output, batch_size=BATCH)
+    return job_argv(inputs, model_dir, output, "--coco", batch_size=BATCH)
 
 
 def _summary_without_timing(output: pathlib.Path) -> dict:
@@ -126,7 +128,7 @@ def test_killed_run_leaves_no_partial_output_and_rerun_completes(
     output = tmp_path / "out"
     present = _start_and_kill(inputs, model_dir, output, KILL_POINTS[kill_point])
     assert 0 < present < IMAGES
-    assert not (output / "summary.json").exists()
+    assert not (output / "summary.json").exists() and not (output / COCO_FILE).exists()
 
     expected = snapshot(reference)
     killed = snapshot(output)
@@ -148,6 +150,7 @@ def test_killed_run_leaves_no_partial_output_and_rerun_completes(
     assert summary["masks_reused"] >= present
     assert _without_temporaries(snapshot(output)) == expected
     assert _summary_without_timing(output) == _summary_without_timing(reference)
+    assert (output / COCO_FILE).read_bytes() == (reference / COCO_FILE).read_bytes()
 
 
 # A few thousand small images, killed at half: the rerun must infer only the rest.

@@ -203,6 +203,7 @@ def test_another_model_is_refused_and_overwrite_replaces_the_run(
         (("--overlays",), "--overlays: True here, False in OUT"),
         (("--extensions", "jpg"), "--extensions: jpg here"),
         (("--max-pixels", "1000000"), "--max-pixels: 1000000 here"),
+        (("--coco",), "--coco/--coco-classes: pet,border here, None in OUT"),
     ],
 )
 def test_a_setting_that_changes_outputs_is_refused(

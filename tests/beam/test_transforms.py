@@ -205,7 +205,7 @@ def test_segment_matches_tensorflow_bilinear_resize():
 
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet([1, 1, 1], size=(SIZE, SIZE)).astype(np.float32)
-    mask, mean_confidence = segment(probabilities, 37, 23)
+    mask, mean_confidence, _ = segment(probabilities, 37, 23)
     reference = tf.image.resize(probabilities[None], (37, 23), method="bilinear").numpy()[0]
     np.testing.assert_array_equal(mask, reference.argmax(-1))
     assert mean_confidence == pytest.approx(float(reference.max(-1).mean()), rel=1e-6)

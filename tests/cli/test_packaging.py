@@ -46,13 +46,13 @@ def _requirements(extra: str | None) -> list[Requirement]:
 
 def test_the_worker_install_is_the_jobs_packages_only():
     names = {_canonical(requirement.name) for requirement in _requirements(None)}
-    assert names == {"tensorflow", "keras", "apache-beam", "pillow", "numpy"}
+    assert names == {"tensorflow", "keras", "apache-beam", "pillow", "numpy", "pycocotools"}
     training = {_canonical(requirement.name) for requirement in _requirements("train")}
     assert {"tensorflow-datasets", "matplotlib", "tensorboard", "tqdm"} <= training
     assert not names & training
 
 
-@pytest.mark.parametrize("extra", [None, "train", "dev", "openvino", "onnx"])
+@pytest.mark.parametrize("extra", [None, "train", "dev", "openvino", "onnx", "labels"])
 def test_every_requirement_is_pinned_in_constraints_within_its_range(extra):
     pins = _pins()
     for requirement in _requirements(extra):
