@@ -6,8 +6,10 @@
 - :mod:`petseg.cli.train`: ``petseg-train``, training and export (``train.py``)
 - :mod:`petseg.cli.evaluate`: ``petseg-evaluate``, scoring an export
 - :mod:`petseg.cli.demo`: ``make demo``, the whole journey on the shared sample
+- :mod:`petseg.cli.review`: ``petseg review``, the least sure images as Label Studio tasks
 - :mod:`petseg.cli.worker_requirements`: the pinned worker install
-- :mod:`petseg.cli.main`: ``petseg``, the umbrella command (report, segment, train, evaluate)
+- :mod:`petseg.cli.main`: ``petseg``, the umbrella command (report, segment, train, evaluate,
+  review, export-formats)
 
 Nothing outside this package imports it: the jobs take their settings from
 config classes (:mod:`petseg.settings`), never from the command line.

@@ -2,6 +2,7 @@
 
 petseg report OUT [--workdir TRAINING_WORKDIR]   write OUT/report.html
 petseg export-formats MODEL [--format F ...]     add serving formats (openvino, onnx, openvino-int8)
+petseg review OUT --output DIR [--lowest N]      the least sure images as Label Studio tasks
 petseg segment ...                               the Beam job (as beam_jobs/segment.py)
 petseg train ... / petseg evaluate ...           train.py and its evaluation
 """
@@ -13,7 +14,7 @@ import sys
 from petseg.cli.flags import StrictArgumentParser, unknown_message
 
 PROG = "petseg"
-COMMANDS = ("report", "export-formats", "segment", "train", "evaluate")
+COMMANDS = ("report", "export-formats", "review", "segment", "train", "evaluate")
 HELP_FLAGS = ("-h", "--help")
 
 
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         return _report(rest)
     if command == "export-formats":
         return _export_formats(rest)
+    if command == "review":
+        from petseg.cli.review import main as review_main
+
+        return review_main(rest, prog=f"{PROG} review")
     if command == "segment":
         from petseg.cli.segment import main as segment_main
 
