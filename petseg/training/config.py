@@ -96,8 +96,24 @@ class TrainConfig:
         "stored mask value -> class index for --masks-dir (0 pet, 1 background, 2 border)",
         group="data",
     )
+    labels: tuple[str, ...] | None = option(
+        None,
+        "corrected labels: a COCO file with segmentation masks or a Label Studio JSON "
+        "export (brush labels), next to its images; repeatable. With --data-dir or "
+        "--images-dir they join the training split only; alone, --val-fraction of them "
+        "is held out",
+        group="data",
+        metavar="FILE",
+    )
+    labels_image_root: str | None = option(
+        None,
+        "folder that a Label Studio export's local-storage images (/data/local-files/?d=PATH) "
+        "are found under (default: the export's folder)",
+        group="data",
+        metavar="DIR",
+    )
     val_fraction: float = option(
-        0.2, "share of paired examples held out for evaluation", group="data"
+        0.2, "share of paired (or --labels only) examples held out for evaluation", group="data"
     )
     synthetic_count: int = option(
         64, "synthetic training examples (evaluation: a quarter as many)", group="data"
@@ -215,12 +231,15 @@ class TrainConfig:
         object.__setattr__(self, "mixed_precision", precision_setting(self.mixed_precision))
         # From JSON (petseg.json, a resumed run's config) a list; a tuple like the flag's.
         object.__setattr__(self, "serving_formats", tuple(self.serving_formats))
+        if self.labels is not None:
+            object.__setattr__(self, "labels", tuple(self.labels))
         self._check()
 
     def _check(self) -> None:
         self._check_model()
         self._check_schedule()
         self._check_data()
+        self._check_sources()
 
     def _check_model(self) -> None:
         require(
@@ -304,6 +323,11 @@ class TrainConfig:
             f"val fraction must be in (0, 1), got {self.val_fraction}",
         )
         require(
+            self.plot_examples >= 0, f"plot examples must be 0 or more, got {self.plot_examples}"
+        )
+
+    def _check_sources(self) -> None:
+        require(
             (self.images_dir is None) == (self.masks_dir is None),
             "--images-dir and --masks-dir go together",
         )
@@ -312,11 +336,16 @@ class TrainConfig:
             "use either --data-dir (Oxford layout) or --images-dir/--masks-dir, not both",
         )
         require(
-            not (self.dataset == "synthetic" and (self.data_dir or self.images_dir)),
-            "--dataset synthetic reads no files; drop --data-dir/--images-dir",
+            not (self.dataset == "synthetic" and (self.data_dir or self.images_dir or self.labels)),
+            "--dataset synthetic reads no files; drop --data-dir/--images-dir/--labels",
         )
         require(
-            self.plot_examples >= 0, f"plot examples must be 0 or more, got {self.plot_examples}"
+            all(path.strip() for path in self.labels or ()),
+            "--labels needs a file, got an empty name",
+        )
+        require(
+            self.labels_image_root is None or bool(self.labels),
+            "--labels-image-root applies to Label Studio exports: add --labels FILE",
         )
 
     @property
@@ -331,17 +360,26 @@ class TrainConfig:
 
     @property
     def source(self) -> str:
-        """Where the examples come from: ``synthetic``, ``paired``, ``oxford_folder`` or ``tfds``."""
+        """Where the examples come from: ``synthetic``, ``paired``, ``oxford_folder``,
+        ``labels`` (``--labels`` alone) or ``tfds``.
+
+        With ``--data-dir`` or ``--images-dir``, ``--labels`` joins that source's
+        training split, and the source is that folder's.
+        """
         if self.dataset == "synthetic":
             return "synthetic"
         if self.images_dir:
             return "paired"
-        return "oxford_folder" if self.data_dir else "tfds"
+        if self.data_dir:
+            return "oxford_folder"
+        return "labels" if self.labels else "tfds"
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON-ready values (as stored in ``petseg.json``)."""
         values = dataclasses.asdict(self)
         values["serving_formats"] = list(values["serving_formats"])
+        if values["labels"] is not None:
+            values["labels"] = list(values["labels"])
         if values["class_weights"] is not None:
             values["class_weights"] = list(values["class_weights"])
         return values
