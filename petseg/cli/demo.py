@@ -35,6 +35,8 @@ TIMED_STEPS = 4
 # An epoch of the demo's training over its timed steps alone: validation every
 # third epoch, checkpoints and the prediction panel (measured: docs/benchmarks.md).
 EPOCH_OVERHEAD = 1.8
+# The least sure images the demo writes as Label Studio tasks.
+REVIEW_COUNT = 20
 
 
 @dataclass(frozen=True)
@@ -189,7 +191,15 @@ def _segment(images: str, export_dir: str, output: str) -> dict:
 
     # A new model each time: the previous demo's masks are replaced, not refused.
     flags = ["--input", images, "--model", export_dir, "--output", output]
-    return run_segmentation([*flags, "--overlays", "--overwrite"])
+    return run_segmentation([*flags, "--overlays", "--coco", "--overwrite"])
+
+
+def _review(output: str, folder: str, count: int) -> str:
+    """The ``count`` images the model was least sure of, as Label Studio tasks in ``folder``."""
+    from petseg.labels.review import CONFIG_FILE, build_review, write_review
+
+    tasks_path, _ = write_review(build_review(output, count), folder)
+    return f"{tasks_path} (+ {CONFIG_FILE})"
 
 
 def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dict:
@@ -219,8 +229,9 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
     )
     with open(os.path.join(workdir, "holdout_scores.json"), "w", encoding="utf-8") as file:
         json.dump(scores, file, indent=2)
-    print("[4/4] writing the report", flush=True)
+    print("[4/4] writing the report and the least sure images' review tasks", flush=True)
     report = build_report(output, workdir=training_dir)
+    review = _review(output, os.path.join(workdir, "review"), REVIEW_COUNT)
     return {
         "data": plan_.description,
         "export": result.export_dir,
@@ -228,7 +239,9 @@ def run_demo(workdir: str, quick: bool = False, holdout_count: int = 149) -> dic
         "stats": os.path.join(output, "stats"),
         "errors": os.path.join(output, "errors"),
         "summary": os.path.join(output, "summary.json"),
+        "coco": os.path.join(output, summary["coco"]["file"]),
         "report": report,
+        "review": review,
         "pixel_accuracy": scores["pixel_accuracy"],
         "mean_iou": scores["mean_iou"],
         "iou": scores["iou"],
@@ -253,7 +266,9 @@ def print_headlines(figures: dict) -> None:
         "  statistics       {stats}\n"
         "  errors           {errors}\n"
         "  summary          {summary}\n"
-        "  report           {report}\n".format(**figures)
+        "  COCO             {coco}\n"
+        "  report           {report}\n"
+        "  review tasks     {review}\n".format(**figures)
         + f"  held-out scores  pixel accuracy {figures['pixel_accuracy']:.3f}, "
         f"mean IoU {figures['mean_iou']:.3f} ({iou})\n"
         f"  Beam job         {figures['masks_written']} masks written, {figures['failed']} failed, "

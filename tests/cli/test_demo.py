@@ -38,6 +38,10 @@ def test_quick_demo_runs_end_to_end_offline_on_synthetic_data(tmp_path, monkeypa
     scores = json.loads((tmp_path / "demo" / "holdout_scores.json").read_text())
     assert scores["images"] == 4 and 0.0 <= scores["mean_iou"] <= 1.0
     assert summary["backend"] == scores["backend"] == "openvino"
+    # COCO for the evaluators, and the least sure images (all 4 of 4) as review tasks.
+    assert summary["coco"]["images"] == 4 and (output / "coco.json").is_file()
+    tasks = json.loads((tmp_path / "demo" / "review" / "tasks.json").read_text())
+    assert len(tasks) == 4 and (tmp_path / "demo" / "review" / "labeling-config.xml").is_file()
 
 
 @pytest.mark.parametrize(
