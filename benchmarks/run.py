@@ -65,6 +65,7 @@ def markdown(results: dict) -> list[str]:
             [
                 ("model limit (no I/O)", *rates(limit)),
                 ("`beam_jobs.segment`, in-process", *rates(segment["job_in_process"], *job_keys)),
+                ("the same, with `--coco`", *rates(segment["job_in_process_coco"], *job_keys)),
                 (f"the same, {5 * sizes['images']} images, once", *rates(memory[1])),
                 ("the same, 2 processes", *rates(segment["job_multi_processing_2"], *job_keys)),
                 ("naive loop (`model.predict` one image)", *rates(segment["naive_loop"])),

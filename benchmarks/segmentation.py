@@ -139,7 +139,7 @@ def naive_loop(export_dir: str, paths: list[str], workdir: str) -> Callable[[], 
 def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
     """Every segmentation figure for ``sizes.images`` (N) JPEGs: medians and runs of
     ``model_limit`` (the job's model call on one pre-resized batch, no I/O), the job in
-    process and in 2 processes (:meth:`Job.round`) and ``naive_loop`` (on a quarter of
+    process (also with ``--coco``) and in 2 processes (:meth:`Job.round`) and ``naive_loop`` (on a quarter of
     the images, at least 20); ``memory_N`` and ``memory_5N`` (:meth:`Job.memory`, once)."""
     folder, paths = bench_jpegs(workdir, sizes.images)
     one_batch, _ = bench_jpegs(workdir, sizes.batch_size)
@@ -147,6 +147,8 @@ def measure(export_dir: str, workdir: str, sizes: Sizes) -> dict:
     naive = naive_loop(export_dir, paths[: max(20, sizes.images // 4)], workdir)
     jobs = {
         "job_in_process": Job(export_dir, workdir, sizes.batch_size),
+        # The same, writing COCO too (its records re-read each committed mask).
+        "job_in_process_coco": Job(export_dir, workdir, sizes.batch_size, ("--coco",)),
         "job_multi_processing_2": Job(export_dir, workdir, sizes.batch_size, TWO_PROCESSES),
     }
     runs: dict[str, list] = {"model_limit": [], **{name: [] for name in jobs}, "naive_loop": []}

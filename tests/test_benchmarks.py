@@ -37,7 +37,8 @@ def test_quick_bench_reports_every_figure(workdir, tmp_path):
     assert results["bench_model"] == "1 step from random init"
     segment = results["segmentation"]
     rates = [segment[name]["images_per_second"] for name in segment]
-    jobs = [segment[name] for name in ("job_in_process", "job_multi_processing_2")]
+    names = ("job_in_process", "job_in_process_coco", "job_multi_processing_2")
+    jobs = [segment[name] for name in names]
     assert all(rate > 0 for rate in rates), segment
     assert all(job["one_batch_seconds"] > 0 for job in jobs)
     assert segment["model_limit"]["cpu_ms_per_image"] > 0

@@ -9,7 +9,7 @@ so the same OUT always gives the same selection. Each picked image's mask
 (``OUT/masks/``) becomes a task's prediction (:mod:`petseg.labels.labelstudio`).
 
 Why mean confidence: on the shared sample's test split, with the demo's model,
-the 10, 20 and 30 images it ranks lowest have a mean IoU 0.13 to 0.22 below
+the 10, 20 and 30 images it ranks lowest have a mean IoU 0.12 to 0.19 below
 the rest's, within 0.02 of what the share of pixels under 0.6 confidence picks
 and lower than what the entropy near class boundaries picks; and the job
 already writes it for every image (figures: ``python -m benchmarks.review_measure``).
