@@ -251,6 +251,25 @@ def storage_option_parser(prog: str) -> StrictArgumentParser:
     return parser
 
 
+def apply_storage_flags(parser: StrictArgumentParser, storage_args: Sequence[str]) -> None:
+    """Refuses (one line, exit 2) any of ``storage_args`` that is not one of Beam's
+    filesystem flags (:func:`storage_option_parser`), then sets them for Beam's
+    filesystems, so a command reads and writes buckets as the job does."""
+    if not storage_args:
+        return
+    storage = storage_option_parser(parser.prog)
+    try:
+        check_beam_args(storage_args, parser_flags(parser), known=frozenset(parser_flags(storage)))
+    except UnknownFlagError as error:
+        parser.error(str(error))
+    # A stray word, a missing value: one line and exit 2, as for any flag.
+    storage.parse_args(storage_args)
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    FileSystems.set_options(PipelineOptions(list(storage_args)))
+
+
 def check_beam_args(
     args: Sequence[str], own_flags: Iterable[str], known: frozenset[str] | None = None
 ) -> None:

@@ -9,7 +9,8 @@ with their masks as predictions in Label Studio's brush RLE, and
 (``gs://``, ``s3://``: connect the bucket as the project's cloud storage), or,
 with ``--image-root``, by that root joined with the image's path below its
 input folder. Both files are written atomically; DIR may be a bucket, not a
-folder inside OUT.
+folder inside OUT. OUT and DIR may be in buckets; Beam's S3 and Azure
+filesystem flags (``--s3_endpoint_url``...) go as for the job.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from petseg.cli.flags import StrictArgumentParser
+from petseg.cli.flags import StrictArgumentParser, apply_storage_flags
 
 PROG = "petseg review"
 DEFAULT_LOWEST = 200
@@ -86,7 +87,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
       written. Each mistake or failure is one line on stderr.
     """
     parser = build_parser(prog)
-    args = parser.parse_args(argv)
+    args, storage_args = parser.parse_known_args(argv)
+    apply_storage_flags(parser, storage_args)
     # Imported once the flags are good: a typo is refused without loading Beam.
     review = _import_review()
     from petseg.beam.faults import FAULT_PREFIX, EnvironmentFault

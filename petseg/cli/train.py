@@ -14,10 +14,8 @@ from petseg.cli.flags import (
     StrictArgumentParser,
     UnknownFlagError,
     add_config_flags,
-    check_beam_args,
+    apply_storage_flags,
     config_values,
-    parser_flags,
-    storage_option_parser,
     unknown_message,
 )
 from petseg.training.config import ConfigError, TrainConfig
@@ -59,21 +57,11 @@ def parse_args(argv: Sequence[str] | None = None, prog: str = PROG) -> tuple[Tra
         # Training takes no positional argument: a leading word is a mistyped command.
         parser.error(unknown_message("command", argv[0], ["evaluate"]))
     args, storage_args = parser.parse_known_args(argv)
+    apply_storage_flags(parser, storage_args)
     try:
-        if storage_args:
-            storage = storage_option_parser(parser.prog)
-            storage_flags = frozenset(parser_flags(storage))
-            check_beam_args(storage_args, parser_flags(parser), known=storage_flags)
-            # A stray word, a missing value: one line and exit 2, as for any flag.
-            storage.parse_args(storage_args)
         config = TrainConfig(**config_values(TrainConfig, args))
     except (ConfigError, UnknownFlagError) as error:
         parser.error(str(error))
-    if storage_args:
-        from apache_beam.io.filesystems import FileSystems
-        from apache_beam.options.pipeline_options import PipelineOptions
-
-        FileSystems.set_options(PipelineOptions(storage_args))
     return config, args.workdir
 
 

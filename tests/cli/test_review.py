@@ -8,6 +8,7 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 
+from petseg.beam.write import read_written_mask
 from petseg.cli import main as cli
 from petseg.cli import review as review_cli
 from tests.labels.test_review import CONFIDENCES, IMAGE_ROOT, decoded, write_run
@@ -130,3 +131,41 @@ def test_an_unwritable_output_exits_1_with_one_line(run_output, tmp_path, capsys
     assert review_cli.main([str(output), "--output", str(tmp_path / "a-file" / "review")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("petseg review: error: cannot write ") and err.count("\n") == 1, err
+
+
+def test_a_run_in_a_bucket_is_reviewed_into_the_bucket_with_its_images_urls(
+    store, model_dir, tmp_path, capsys
+):
+    from beam_jobs import segment as segment_job
+    from tests.beam_helpers import GOOD_IMAGES, job_argv, write_image_tree
+    from tests.buckets import BUCKET, bucket_objects, s3_flags, upload
+
+    endpoint, client = store
+    upload(client, write_image_tree(tmp_path / "in"), "in")
+    argv = job_argv(f"s3://{BUCKET}/in/", model_dir, f"s3://{BUCKET}/out", "--coco")
+    assert segment_job.main([*argv, "--max-failed-fraction", "1", *s3_flags(endpoint)]) == 0
+    capsys.readouterr()
+
+    review = ["review", f"s3://{BUCKET}/out", "--output", f"s3://{BUCKET}/review", "--lowest", "3"]
+    assert cli.main([*review, *s3_flags(endpoint)]) == 0
+    assert "wrote 3 of 7 images" in capsys.readouterr().out
+    written = bucket_objects(client, "review")
+    tasks = json.loads(written["tasks.json"])
+    assert len(tasks) == 3 and "labeling-config.xml" in written
+    masks = bucket_objects(client, "out/masks")
+    for task in tasks:
+        image = task["data"]["image"]
+        # An image in a bucket is named by its URL, which Label Studio reads through the
+        # bucket connected as the project's storage.
+        relative = image.removeprefix(f"s3://{BUCKET}/in/")
+        assert relative in GOOD_IMAGES and image.startswith("s3://")
+        mask, _ = read_written_mask(masks[task["data"]["mask_path"].removeprefix("masks/")])
+        np.testing.assert_array_equal(decoded(task, mask.shape), mask)
+
+
+def test_a_filesystem_flag_is_checked_like_any_flag(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["review", "out", "--output", "dir", "--s3_endpoint_urll", "http://x"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown flag --s3_endpoint_urll (did you mean --s3_endpoint_url?)" in line
