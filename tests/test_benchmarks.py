@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import pathlib
 import sys
 from dataclasses import asdict
 
+import numpy as np
 import pytest
 
 from benchmarks import common, gpu, profile, run, segmentation, training
@@ -211,3 +213,67 @@ def test_tutorial_model_is_petsegs_network_in_keras_stock_layers(tmp_path):
     assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
     # The tutorial resizes trimaps bilinearly, so classes blend at edges.
     assert 0.0 <= float(np.min(masks)) and float(np.max(masks)) <= 2.0
+
+
+def test_review_measure_scores_each_measure_against_the_truly_worst(
+    model_dir, oxford_sample, tmp_path
+):
+    from benchmarks import review_measure
+
+    out = tmp_path / "results"
+    argv = ["--model", str(model_dir), "--data-dir", str(oxford_sample), "--out", str(out)]
+    assert review_measure.main(argv) == 0
+    results = json.loads((out / "review_measure.json").read_text())
+    test_lines = (oxford_sample / "annotations" / "test.txt").read_text().split("\n")
+    assert results["images"] == len([line for line in test_lines if line.strip()])
+    measures = results["measures"]
+    assert set(measures) == {*review_measure.MEASURES, "oracle (worst IoU)"}
+    # The oracle picks the truly worst images: no measure's picks can score lower.
+    assert measures["oracle (worst IoU)"]["spearman_mean_iou"] == pytest.approx(-1.0)
+    for count in map(str, review_measure.COUNTS):
+        worst = measures["oracle (worst IoU)"]["by_count"][count]["picked_mean_iou"]
+        for name in review_measure.MEASURES:
+            figures = measures[name]["by_count"][count]
+            assert worst <= figures["picked_mean_iou"] + 1e-9
+            assert 0.0 <= figures["picked_mean_iou"] <= 1.0
+    assert "1 - mean confidence" in (out / "review_measure.md").read_text()
+
+
+def test_the_boundary_band_is_the_pixels_near_a_class_change():
+    from benchmarks.review_measure import boundary_band
+
+    mask = np.zeros((5, 9), np.uint8)
+    mask[:, 5:] = 1  # a boundary on column 4's right edge
+    band = boundary_band(mask, 1)
+    assert band[:, 3:6].all() and not band[:, :3].any() and not band[:, 6:].any()
+
+
+def test_the_loops_halves_are_disjoint_and_its_corrections_are_the_trimaps(oxford_sample, tmp_path):
+    from PIL import Image
+
+    from benchmarks import labels_loop
+    from petseg.training.data.labels import read_label_file
+
+    base, pool = labels_loop.split_sample(str(oxford_sample), str(tmp_path), seed=0)
+    listed = (oxford_sample / "annotations" / "trainval.txt").read_text().split("\n")
+    names = {line.split()[0] for line in listed if line.strip() and not line.startswith("#")}
+    base_names = {
+        line.split()[0]
+        for line in (pathlib.Path(base) / "annotations" / "trainval.txt").read_text().split("\n")
+        if line.strip()
+    }
+    pool_names = {path.stem for path in pathlib.Path(pool).iterdir()}
+    assert base_names | pool_names == names and not base_names & pool_names
+    assert abs(len(base_names) - len(pool_names)) <= 1
+
+    picked = sorted(pool_names)[:2]
+    tasks = [{"data": {"image": str(pathlib.Path(pool) / f"{name}.jpg")}} for name in picked]
+    export = tmp_path / "export.json"
+    labels_loop.corrected_export(tasks, str(oxford_sample), str(export))
+    report = read_label_file(str(export))
+    assert not report.bad and len(report.records) == 2
+    for name, record in zip(picked, report.records, strict=True):
+        trimap = oxford_sample / "annotations" / "trimaps" / f"{name}.png"
+        with Image.open(trimap) as image:
+            truth = np.asarray(image, np.uint8) - 1
+        np.testing.assert_array_equal(record.class_map(*truth.shape), truth)
