@@ -8,6 +8,12 @@ Locally, in this process (DirectRunner)::
 
   python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/
 
+With COCO annotations beside the masks (``out/coco.json``; docs/labels.md), then
+the 200 images the model was least sure of as Label Studio tasks::
+
+  python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/ --coco
+  petseg review out/ --lowest 200 --output review/
+
 Locally on every core::
 
   python -m beam_jobs.segment --input photos/ --model runs/demo/export --output out/ \\
