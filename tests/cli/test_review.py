@@ -141,23 +141,26 @@ def test_a_run_in_a_bucket_is_reviewed_into_the_bucket_with_its_images_urls(
     from tests.buckets import BUCKET, bucket_objects, s3_flags, upload
 
     endpoint, client = store
-    upload(client, write_image_tree(tmp_path / "in"), "in")
-    argv = job_argv(f"s3://{BUCKET}/in/", model_dir, f"s3://{BUCKET}/out", "--coco")
+    # moto keeps its buckets per process, not per server: a prefix of this test's own.
+    base = "cli-review"
+    upload(client, write_image_tree(tmp_path / "in"), f"{base}/in")
+    run = f"s3://{BUCKET}/{base}/out"
+    argv = job_argv(f"s3://{BUCKET}/{base}/in/", model_dir, run, "--coco")
     assert segment_job.main([*argv, "--max-failed-fraction", "1", *s3_flags(endpoint)]) == 0
     capsys.readouterr()
 
-    review = ["review", f"s3://{BUCKET}/out", "--output", f"s3://{BUCKET}/review", "--lowest", "3"]
+    review = ["review", run, "--output", f"s3://{BUCKET}/{base}/review", "--lowest", "3"]
     assert cli.main([*review, *s3_flags(endpoint)]) == 0
     assert "wrote 3 of 7 images" in capsys.readouterr().out
-    written = bucket_objects(client, "review")
+    written = bucket_objects(client, f"{base}/review")
     tasks = json.loads(written["tasks.json"])
     assert len(tasks) == 3 and "labeling-config.xml" in written
-    masks = bucket_objects(client, "out/masks")
+    masks = bucket_objects(client, f"{base}/out/masks")
     for task in tasks:
         image = task["data"]["image"]
         # An image in a bucket is named by its URL, which Label Studio reads through the
         # bucket connected as the project's storage.
-        relative = image.removeprefix(f"s3://{BUCKET}/in/")
+        relative = image.removeprefix(f"s3://{BUCKET}/{base}/in/")
         assert relative in GOOD_IMAGES and image.startswith("s3://")
         mask, _ = read_written_mask(masks[task["data"]["mask_path"].removeprefix("masks/")])
         np.testing.assert_array_equal(decoded(task, mask.shape), mask)
