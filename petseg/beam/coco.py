@@ -23,18 +23,10 @@ from petseg.beam.io import join_path
 from petseg.beam.layout import COCO_DIR, COCO_FILE
 from petseg.beam.shards import WriteTable, shard_name
 from petseg.beam.threaded import ThreadedDoFn
-from petseg.beam.write import read_written_mask, write_atomically
+from petseg.beam.write import read_file, read_written_mask, write_atomically
 from petseg.labels.coco import categories, class_annotations, document_chunks, image_row
 
 SHARD_PREFIX = "coco"
-
-
-def _read(path: str) -> bytes:
-    try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-            return file.read()
-    except Exception as error:
-        raise environment_fault(f"cannot read {path}", error) from error
 
 
 class AnnotateMaskFn(ThreadedDoFn):
@@ -61,7 +53,12 @@ class AnnotateMaskFn(ThreadedDoFn):
         self._foreground = tuple(foreground)
 
     def work(self, record: dict[str, Any]) -> list[tuple[str, str]]:
-        mask, provenance = read_written_mask(_read(join_path(self._output, record["mask_path"])))
+        path = join_path(self._output, record["mask_path"])
+        try:
+            data = read_file(path)
+        except Exception as error:
+            raise environment_fault(f"cannot read {path}", error) from error
+        mask, provenance = read_written_mask(data)
         # A mask the run committed always has its provenance (petseg.beam.resume).
         scores = provenance.class_confidence or (provenance.mean_confidence,) * (
             int(mask.max(initial=0)) + 1

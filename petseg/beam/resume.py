@@ -23,8 +23,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from petseg.beam.faults import environment_fault
@@ -32,7 +30,7 @@ from petseg.beam.io import OutputFile, join_path, list_outputs, overlay_relative
 from petseg.beam.records import COUNTER_NAMESPACE, SourceImage
 from petseg.beam.stats import mask_stats
 from petseg.beam.threaded import ThreadedDoFn
-from petseg.beam.write import MaskProvenance, delete_if_present, read_written_mask
+from petseg.beam.write import MaskProvenance, delete_if_present, read_file, read_written_mask
 
 INFER_TAG = "infer"
 
@@ -97,10 +95,7 @@ class ReuseMaskFn(ThreadedDoFn):
     def work(self, element: tuple[SourceImage, str]) -> list:
         source, mask_file = element
         try:
-            with FileSystems.open(
-                mask_file, compression_type=CompressionTypes.UNCOMPRESSED
-            ) as file:
-                data = file.read()
+            data = read_file(mask_file)
         except Exception as error:
             raise environment_fault(f"cannot read committed mask {mask_file}", error) from error
         record = self._record(source, data)

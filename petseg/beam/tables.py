@@ -111,15 +111,25 @@ def unflatten(row: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def iter_table(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """The records of JSON Lines or Parquet shard files (local or in a bucket), as JSON
+    Lines records, one at a time: a Parquet shard a row group batch at a time."""
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+            if path.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
+                for batch in pq.ParquetFile(file).iter_batches(PARQUET_CHUNK_ROWS):
+                    yield from (unflatten(row) for row in batch.to_pylist())
+            else:
+                for line in io.TextIOWrapper(file, encoding="utf-8"):
+                    if line.strip():
+                        yield json.loads(line)
+
+
 def read_table(paths: Sequence[str]) -> list[dict[str, Any]]:
     """The records of JSON Lines or Parquet shard files, as JSON Lines records."""
-    records: list[dict[str, Any]] = []
-    for path in sorted(paths):
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            records.extend(unflatten(row) for row in pq.read_table(path).to_pylist())
-        else:
-            with open(path, encoding="utf-8") as file:
-                records.extend(json.loads(line) for line in file if line.strip())
-    return records
+    return list(iter_table(paths))

@@ -230,10 +230,15 @@ def write_summary(summary: dict[str, Any], path: str) -> str:
     return path
 
 
+def read_file(path: str) -> bytes:
+    """A file's bytes through Beam's filesystems (local or in a bucket)."""
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
+        return file.read()
+
+
 def read_json(path: str) -> dict[str, Any]:
     """Reads a JSON document through Beam's filesystems."""
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-        return json.loads(file.read().decode("utf-8"))
+    return json.loads(read_file(path).decode("utf-8"))
 
 
 class WriteMaskFn(ThreadedDoFn):

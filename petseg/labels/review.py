@@ -20,20 +20,18 @@ OUT is read through Beam's filesystems, so it may be in a bucket.
 from __future__ import annotations
 
 import heapq
-import io
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from petseg.beam.io import join_path
 from petseg.beam.layout import RUN_RECORD_FILE, STATS_DIR, SUMMARY_FILE, TEMP_MARKER
-from petseg.beam.tables import unflatten
-from petseg.beam.write import read_json, read_written_mask, write_atomically
+from petseg.beam.tables import iter_table
+from petseg.beam.write import read_file, read_json, read_written_mask, write_atomically
 from petseg.classes import BACKGROUND, CLASS_NAMES
 from petseg.labels.labelstudio import labeling_config, review_task
 
@@ -41,8 +39,6 @@ TASKS_FILE = "tasks.json"
 CONFIG_FILE = "labeling-config.xml"
 # The statistics field the review ranks by, lowest first.
 MEASURE = "mean_confidence"
-# Parquet rows decoded at once.
-PARQUET_BATCH_ROWS = 10_000
 
 
 class ReviewError(ValueError):
@@ -100,22 +96,9 @@ def read_records(paths: Sequence[str]) -> Iterator[dict[str, Any]]:
     """
     for path in paths:
         try:
-            yield from _shard_records(path)
+            yield from iter_table([path])
         except (OSError, ValueError) as error:  # Arrow's and JSON's errors are ValueErrors.
             raise ReviewError(f"cannot read {path}: {error}".splitlines()[0]) from None
-
-
-def _shard_records(path: str) -> Iterator[dict[str, Any]]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-        if path.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            for batch in pq.ParquetFile(file).iter_batches(PARQUET_BATCH_ROWS):
-                yield from (unflatten(row) for row in batch.to_pylist())
-        else:
-            for line in io.TextIOWrapper(file, encoding="utf-8"):
-                if line.strip():
-                    yield json.loads(line)
 
 
 def _rank(record: Mapping[str, Any]) -> tuple[float, str]:
@@ -172,8 +155,7 @@ def read_mask(output: str, record: Mapping[str, Any]) -> tuple[Any, str | None]:
     """
     path = join_path(output, str(record["mask_path"]))
     try:
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as file:
-            mask, provenance = read_written_mask(file.read())
+        mask, provenance = read_written_mask(read_file(path))
     except Exception as error:  # A missing file, or Pillow's or the chunk's ValueError.
         raise ReviewError(f"cannot read the mask {path}: {error}".splitlines()[0]) from None
     size = (int(record.get("width", mask.shape[1])), int(record.get("height", mask.shape[0])))
